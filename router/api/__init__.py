@@ -1,0 +1,1 @@
+"""The HTTP edge: routes, dependencies and the one place errors become responses."""

@@ -1,0 +1,31 @@
+"""OpenAI-compatible chat completions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response, StreamingResponse
+
+from router.api.deps import ServiceDep
+from router.schemas import ChatCompletionRequest
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    service: ServiceDep,
+    x_canary_unit: Annotated[str | None, Header(max_length=200)] = None,
+    x_canary_arm: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Answer a chat like OpenAI does; the route's champion or challenger replies."""
+    request.state.in_service = True  # from here on the service logs the request itself
+    if body.stream:
+        events, headers = await service.stream(body, unit=x_canary_unit, arm_override=x_canary_arm)
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    payload, headers = await service.complete(body, unit=x_canary_unit, arm_override=x_canary_arm)
+    return Response(payload, media_type="application/json", headers=headers)

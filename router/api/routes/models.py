@@ -1,0 +1,62 @@
+"""The routes this router serves, as OpenAI's model list and in full."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from router.api.deps import AdminDep, MetricsDep, RoutesDep
+from router.routes_table import Arm, Route
+from router.schemas import ArmPublic, RoutePublic, WeightsIn
+
+router = APIRouter(tags=["routes"])
+
+
+@router.get("/v1/models")
+async def list_models(routes: RoutesDep) -> dict[str, Any]:
+    """Every route, in OpenAI's model-list shape."""
+    data = [
+        {"id": r.name, "object": "model", "created": 0, "owned_by": "canary-router"} for r in routes
+    ]
+    return {"object": "list", "data": data}
+
+
+def _arm(arm: Arm, weight: float) -> ArmPublic:
+    backend = getattr(arm.backend.spec, "backend", type(arm.backend).__name__)
+    return ArmPublic(model=arm.model, version=arm.version, backend=backend, weight=weight)
+
+
+def route_public(route: Route) -> RoutePublic:
+    weights = route.weights
+    return RoutePublic(
+        name=route.name,
+        salt=route.salt,
+        experiment_id=route.experiment_id,
+        shadow=route.shadow,
+        champion=_arm(route.champion, weights["champion"]),
+        challenger=_arm(route.challenger, weights["challenger"]) if route.challenger else None,
+    )
+
+
+@router.get("/v1/routes")
+async def list_routes(routes: RoutesDep) -> list[RoutePublic]:
+    """Routes with their arms, versions and the live traffic split."""
+    return [route_public(r) for r in routes]
+
+
+@router.get("/v1/routes/{route}")
+async def get_route(route: str, routes: RoutesDep) -> RoutePublic:
+    """One route with its arms and split."""
+    return route_public(routes.get(route))
+
+
+@router.put("/v1/routes/{route}/weights", dependencies=[AdminDep])
+async def set_weights(
+    route: str, body: WeightsIn, routes: RoutesDep, metrics: MetricsDep
+) -> RoutePublic:
+    """Change the challenger's share of units at run time (admin)."""
+    r = routes.set_challenger_weight(route, body.challenger)
+    for arm, weight in r.weights.items():
+        metrics.traffic_weight.labels(r.name, arm).set(weight)
+    return route_public(r)

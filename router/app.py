@@ -1,0 +1,78 @@
+"""The app factory: builds long-lived objects in the lifespan and includes the routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from registry.bundled import resolve_gguf
+from router.api import errors
+from router.api.body_limit import BodyLimit
+from router.api.routes import chat, feedback, health, models
+from router.completions import ChatService
+from router.config import Settings
+from router.inference_log.db import create_db_engine, migrate
+from router.inference_log.writer import LogWriter
+from router.metrics import Metrics
+from router.routes_table import ArmSource, RouteTable, StaticArmSource
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> FastAPI:
+    """A router app for ``settings``; arms come from ``arm_source`` (default: the settings)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
+        engine = create_db_engine(settings.db_url)
+        await run_in_threadpool(migrate, engine)
+        writer = LogWriter(
+            engine,
+            metrics=metrics,
+            spill_dir=settings.data_dir / "spill",
+            queue_size=settings.log_queue_size,
+            batch_size=settings.log_batch_size,
+            flush_interval_s=settings.log_flush_interval_s,
+            max_retries=settings.log_max_retries,
+        )
+        routes = RouteTable(
+            arm_source or StaticArmSource(settings.routes),
+            resolve_gguf=partial(resolve_gguf, models_dir=settings.data_dir / "models"),
+        )
+        await writer.start()
+        await routes.start()
+        for route in routes:
+            for arm, weight in route.weights.items():
+                metrics.traffic_weight.labels(route.name, arm).set(weight)
+        service = ChatService(routes=routes, writer=writer, metrics=metrics, settings=settings)
+        app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
+        app.state.writer, app.state.routes, app.state.service = writer, routes, service
+        log.info("router ready", extra={"routes": [r.name for r in routes]})
+        try:
+            yield
+        finally:
+            # Order matters: finish shadow calls, then drain the log, then free models.
+            await service.close()
+            await writer.close()
+            await routes.close()
+            engine.dispose()
+            log.info("router stopped; inference log flushed")
+
+    app = FastAPI(
+        title="canary-router",
+        summary="OpenAI-compatible champion/challenger router with an inference log.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (chat, models, feedback, health):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,50 @@
+"""``canary``: the command line. ``canary serve`` runs the router."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from router.app import create_app
+    from router.config import Settings
+    from router.logs import configure_logging
+
+    if args.config:
+        os.environ["CANARY_CONFIG"] = args.config  # read by Settings as its YAML layer
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,  # every request is in the inference log already
+        timeout_graceful_shutdown=30,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canary", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the router (OpenAI-compatible API)")
+    serve.add_argument("--host", help="default: CANARY_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: CANARY_PORT or 8000")
+    serve.add_argument("--config", help="YAML settings file (same keys as CANARY_* variables)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

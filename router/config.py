@@ -1,0 +1,129 @@
+"""The one settings class: env vars ``CANARY_*``, an optional YAML file, then defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from router.backends import BackendSpec, LlamaCppSpec
+
+
+class RouteConfig(BaseModel):
+    """One route (the ``model`` clients send): its arms and how traffic splits between them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    champion: BackendSpec
+    challenger: BackendSpec | None = None
+    challenger_weight: float = Field(default=10.0, ge=0, le=100, description="Percent of units.")
+    salt: str | None = Field(default=None, description="Assignment salt; None: the route name.")
+    experiment_id: str | None = None
+    shadow: bool = Field(default=False, description="Challenger also answers, unseen.")
+
+
+class TokenPrice(BaseModel):
+    """USD per million tokens."""
+
+    prompt: float = Field(default=0.0, ge=0)
+    completion: float = Field(default=0.0, ge=0)
+
+
+def bundled_routes() -> dict[str, RouteConfig]:
+    """The embedded default: SmolLM2-135M-Instruct as champion, Gemma-3-270M as challenger."""
+    return {
+        "chat": RouteConfig(
+            champion=LlamaCppSpec(
+                name="smollm2-135m-instruct", version="bundled", gguf="bundled:smollm2"
+            ),
+            # A base model with no chat template of its own: the Alpaca instruction format
+            # gives it sensible answers (Gemma's turn format makes it parrot the prompt),
+            # and stopping at the next "###" keeps it from writing the user's next turn.
+            challenger=LlamaCppSpec(
+                name="gemma-3-270m",
+                version="bundled",
+                gguf="bundled:gemma3",
+                chat_format="alpaca",
+                system_prompt="You are a helpful assistant. Answer briefly and clearly.",
+                temperature=0.3,
+                repeat_penalty=1.1,
+                stop=["###"],
+            ),
+            challenger_weight=10.0,
+        )
+    }
+
+
+class Settings(BaseSettings):
+    """Everything the router reads from its environment; other modules get values from here."""
+
+    model_config = SettingsConfigDict(env_prefix="CANARY_", env_nested_delimiter="__")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CANARY_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="None: SQLite file canary.db in data_dir.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    routes: dict[str, RouteConfig] = Field(default_factory=bundled_routes)
+    allow_arm_override: bool = Field(default=False, description="Honour header X-Canary-Arm.")
+    shadow_max_concurrency: int = Field(default=2, ge=1)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_tokens_limit: int = Field(default=8192, ge=1)
+    token_prices: dict[str, TokenPrice] = Field(
+        default_factory=dict, description="By model name, or name@version for one version."
+    )
+    admin_token: SecretStr | None = None
+
+    store_prompts: bool = Field(default=True, description="False: keep lengths and hashes only.")
+    log_queue_size: int = Field(default=10_000, ge=1)
+    log_batch_size: int = Field(default=500, ge=1)
+    log_flush_interval_s: float = Field(default=0.25, gt=0)
+    log_max_retries: int = Field(default=5, ge=0)
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg3(cls, url: str | None) -> str | None:
+        """``postgres://`` and ``postgresql://`` mean psycopg 3, the driver we ship."""
+        if url is None:
+            return None
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'canary.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config := os.environ.get("CANARY_CONFIG"):
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+        return tuple(sources)
+
+    def price_for(self, model: str, version: str) -> TokenPrice | None:
+        return self.token_prices.get(f"{model}@{version}") or self.token_prices.get(model)

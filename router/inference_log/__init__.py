@@ -1,0 +1,1 @@
+"""The inference table: one row per request, written off the request path."""

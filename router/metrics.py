@@ -1,0 +1,76 @@
+"""Prometheus metrics, in a registry of their own per app (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Seconds; a local 135M model takes ~0.01-0.1 s to the first token and seconds to finish.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_ARM = ("route", "arm", "version")
+
+
+class Metrics:
+    """Every metric the router exports, named by Prometheus conventions (base units)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "canary_requests", "Chat requests by outcome.", (*_ARM, "status"), registry=r
+        )
+        self.latency = Histogram(
+            "canary_request_duration_seconds",
+            "Request latency, end to end.",
+            _ARM,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "canary_time_to_first_token_seconds",
+            "Time to the first streamed token.",
+            _ARM,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "canary_queue_wait_seconds",
+            "Wait for a model's worker (llama.cpp).",
+            _ARM,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "canary_prompt_tokens", "Prompt tokens processed.", _ARM, registry=r
+        )
+        self.completion_tokens = Counter(
+            "canary_completion_tokens", "Completion tokens generated.", _ARM, registry=r
+        )
+        self.in_flight = Gauge(
+            "canary_requests_in_flight", "Requests being answered now.", ("route",), registry=r
+        )
+        self.feedback = Counter(
+            "canary_feedback", "Thumbs by arm and value.", ("route", "arm", "value"), registry=r
+        )
+        self.traffic_weight = Gauge(
+            "canary_traffic_weight_ratio",
+            "Share of units assigned to each arm.",
+            ("route", "arm"),
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "canary_shadow_skipped",
+            "Shadow calls skipped because the shadow pool was full.",
+            ("route",),
+            registry=r,
+        )
+        self.log_queue_depth = Gauge(
+            "canary_log_queue_depth", "Inference rows waiting to be written.", registry=r
+        )
+        self.log_rows_written = Counter(
+            "canary_log_rows_written", "Inference rows committed.", registry=r
+        )
+        self.log_rows_spilled = Counter(
+            "canary_log_rows_spilled", "Rows written to the local spill file instead.", registry=r
+        )
+        self.log_write_failures = Counter(
+            "canary_log_write_failures", "Failed batch writes (each is retried).", registry=r
+        )
