@@ -31,6 +31,12 @@ def _describe(errors: list[Any]) -> tuple[str, str]:
             ctx = err.get("ctx", {}).get("error", "")
             return f"The request body is not valid JSON: {ctx}".strip(), "invalid_json"
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        if loc == "body" and err.get("type") == "model_attributes_type":
+            return (
+                "The request body must be a JSON object, sent with "
+                "'Content-Type: application/json'.",
+                "invalid_body",
+            )
         parts.append(f"{loc}: {err.get('msg')}")
     return "Invalid request: " + "; ".join(parts), "invalid_request"
 

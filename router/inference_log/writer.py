@@ -15,6 +15,7 @@ batches in a worker thread. Nothing is dropped:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -108,10 +109,8 @@ class LogWriter:
             if not self._buffer:
                 if self._closing:
                     return
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval)
-                except TimeoutError:
-                    pass
             self._wake.clear()
             if not self._buffer:
                 continue
