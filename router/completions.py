@@ -407,6 +407,8 @@ def _headers(record: RequestRecord) -> dict[str, str]:
 
 
 def _record_failure(record: RequestRecord, exc: BaseException) -> None:
+    if isinstance(exc, CanaryError):
+        exc.request_id = record.request_id
     if isinstance(exc, asyncio.CancelledError):
         record.fail(exc, status=DISCONNECTED)
         record.http_status = 499  # nginx's "client closed request"

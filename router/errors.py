@@ -28,6 +28,8 @@ class CanaryError(Exception):
     status_code = 500
     type = "server_error"
     code: str | None = None
+    #: Set once the request is logged, so the error response can name its row.
+    request_id: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -17,9 +17,14 @@ log = logging.getLogger(__name__)
 CHAT_PATH = "/v1/chat/completions"
 
 
-def _respond(status: int, message: str, type_: str, code: str | None) -> JSONResponse:
+def _respond(
+    status: int, message: str, type_: str, code: str | None, request_id: str | None = None
+) -> JSONResponse:
+    headers = {"x-request-id": request_id} if request_id else None
     return JSONResponse(
-        {"error": {"message": message, "type": type_, "code": code}}, status_code=status
+        {"error": {"message": message, "type": type_, "code": code}},
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -60,7 +65,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CanaryError)
     async def canary_error(request: Request, exc: CanaryError) -> JSONResponse:
         _log_if_chat(request, exc.status_code, exc.message, exc.code or exc.type, None)
-        return _respond(exc.status_code, exc.message, exc.type, exc.code)
+        return _respond(exc.status_code, exc.message, exc.type, exc.code, exc.request_id)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -71,6 +76,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, CanaryError):
+            # FastAPI turns errors raised while reading the body (BodyLimit's 413) into
+            # a 400 "error parsing the body"; answer with ours instead.
+            return await canary_error(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _respond(exc.status_code, str(exc.detail), "invalid_request_error", code)
 

@@ -1,0 +1,202 @@
+"""Exactly one inference row per request, on SQLite and on the real Postgres; nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text
+
+from router.config import Settings
+from router.inference_log.db import create_db_engine, migrate
+from router.inference_log.models import InferenceRecord
+from router.inference_log.writer import LogWriter
+from router.metrics import Metrics
+from tests.conftest import fake_routes
+
+LOG = InferenceRecord.__table__  # type: ignore[attr-defined]
+
+
+def _count(url: str, **where: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            q = select(func.count()).select_from(LOG)
+            for column, value in where.items():
+                q = q.where(LOG.c[column] == value)
+            return int(conn.execute(q).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _send(url: str, n: int, *, stream_every: int = 3) -> list[httpx.Response]:
+    """n requests from 8 threads, every third one streamed, units spread over 50 users."""
+
+    def one(i: int) -> httpx.Response:
+        body: dict[str, Any] = {
+            "model": "chat",
+            "messages": [{"role": "user", "content": f"request number {i}"}],
+            "user": f"user-{i % 50}",
+            "stream": i % stream_every == 0,
+        }
+        with httpx.Client(timeout=30) as c:
+            r = c.post(f"{url}/v1/chat/completions", json=body)
+            r.read()
+            return r
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_row_count_equals_request_count(
+    database: str,
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url") if database == "postgres" else None
+    # Some challenger failures (fallbacks) and a burst larger than one batch.
+    routes = fake_routes(challenger={"error_rate": 0.2, "seed": 7})
+    settings = make_settings(database_url=url, routes=routes, log_batch_size=50)
+    with run_router(settings) as (server, _):
+        responses = _send(server.url, 300)
+    assert all(r.status_code == 200 for r in responses)
+    ids = {r.headers["x-request-id"] for r in responses}
+    assert len(ids) == 300
+    assert _count(settings.db_url) == 300
+    assert _count(settings.db_url, status="fallback") > 0
+    # The stream rows carry TTFT; every row has its arm and version.
+    engine = create_engine(settings.db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(LOG)).mappings().all()
+    engine.dispose()
+    assert {r["request_id"] for r in rows} == ids
+    assert all(r["arm"] in ("champion", "challenger") and r["model_version"] for r in rows)
+    assert all(r["ttft_ms"] is not None for r in rows if r["stream"])
+    for r in rows:
+        if r["status"] == "fallback":
+            assert (r["arm"], r["served_arm"], r["served_model_version"]) == (
+                "challenger",
+                "champion",
+                "1",
+            )
+            assert r["error_type"] == "backend_error"
+
+
+def test_graceful_shutdown_flushes_pending_rows(
+    make_settings: Callable[..., Settings], run_router: Any
+) -> None:
+    # A flush interval far longer than the test: rows only reach the DB through the
+    # shutdown drain.
+    settings = make_settings(log_flush_interval_s=3600, log_batch_size=10_000)
+    with run_router(settings) as (server, app):
+        _send(server.url, 40)
+        assert app.state.writer.is_pending(_send(server.url, 1)[0].headers["x-request-id"])
+    assert _count(settings.db_url) == 41
+
+
+def test_client_disconnect_mid_stream_is_logged(
+    make_settings: Callable[..., Settings], run_router: Any
+) -> None:
+    routes = fake_routes(
+        challenger_weight=0, champion={"mode": "canned", "text": "word " * 200, "tokens_per_s": 50}
+    )
+    settings = make_settings(routes=routes)
+    with run_router(settings) as (server, _):
+        body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        with (
+            httpx.Client() as c,
+            c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r,
+        ):
+            request_id = r.headers["x-request-id"]
+            for _ in zip(range(3), r.iter_lines(), strict=False):
+                pass  # read a few events, then hang up
+        for _ in range(100):
+            got = httpx.get(f"{server.url}/v1/requests/{request_id}")
+            if got.status_code == 200:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        row = got.json()
+    assert row["status"] == "client_disconnected"
+    assert row["http_status"] == 499
+    assert 0 < len(row["response_text"].split()) < 200
+
+
+# -- the writer on its own --------------------------------------------------------------
+
+
+def _row(i: int) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    return {
+        "request_id": f"req-{i}",
+        "created_at": datetime.now(UTC),
+        "route": "chat",
+        "status": "ok",
+        "stream": False,
+        "prompt_chars": 1,
+        "response_chars": 1,
+        "http_status": 200,
+        "latency_ms": 1.0,
+    }
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    migrate(engine)
+    return engine
+
+
+async def test_full_buffer_spills_to_disk_and_replays(engine: Engine, tmp_path: Path) -> None:
+    metrics = Metrics()
+    crashed = LogWriter(engine, metrics=metrics, spill_dir=tmp_path / "spill", queue_size=5)
+    for i in range(12):  # the writer is not running, so its buffer fills at 5; 7 spill
+        crashed.submit(_row(i))
+    assert metrics.log_rows_spilled._value.get() == 7
+    # The process dies here without closing. The next one replays the spill at start-up.
+    restarted = LogWriter(engine, metrics=Metrics(), spill_dir=tmp_path / "spill")
+    await restarted.start()
+    await restarted.close()
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT request_id FROM inference_log")).scalars().all()
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(5, 12))
+    assert not list((tmp_path / "spill").iterdir())
+    assert restarted.replay_spills() == 0  # replay is idempotent and consumes the files
+
+
+async def test_failed_writes_are_retried_then_spilled(engine: Engine, tmp_path: Path) -> None:
+    metrics = Metrics()
+    writer = LogWriter(
+        engine, metrics=metrics, spill_dir=tmp_path / "spill", max_retries=2, retry_base_s=0.001
+    )
+    calls = {"n": 0}
+    real_write = writer._write
+
+    def flaky(rows: list[dict[str, Any]]) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError("database went away")
+        real_write(rows)
+
+    writer._write = flaky  # type: ignore[method-assign]
+    await writer.start()
+    writer.submit(_row(1))
+    await writer.flush()
+    assert metrics.log_write_failures._value.get() == 2
+    assert metrics.log_rows_written._value.get() == 1
+
+    writer._write = lambda rows: (_ for _ in ()).throw(OSError("down for good"))  # type: ignore[method-assign]
+    writer.submit(_row(2))
+    await writer.flush()
+    await writer.close()
+    assert metrics.log_rows_spilled._value.get() == 1
+    assert LogWriter(engine, metrics=Metrics(), spill_dir=tmp_path / "spill").replay_spills() == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM inference_log")).scalar_one() == 2
