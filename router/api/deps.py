@@ -17,27 +17,27 @@ from router.routes_table import RouteTable
 
 
 def _service(request: Request) -> ChatService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def _engine(request: Request) -> Engine:
-    return request.app.state.engine  # type: ignore[no-any-return]
+    return request.app.state.engine
 
 
 def _writer(request: Request) -> LogWriter:
-    return request.app.state.writer  # type: ignore[no-any-return]
+    return request.app.state.writer
 
 
 def _metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 def _routes(request: Request) -> RouteTable:
-    return request.app.state.routes  # type: ignore[no-any-return]
+    return request.app.state.routes
 
 
 ServiceDep = Annotated[ChatService, Depends(_service)]

@@ -11,9 +11,9 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -175,7 +175,8 @@ class LlamaCppBackend(Backend):
             try:
                 loop.call_soon_threadsafe(put, Delta(queue_wait_ms=sampling.queue_wait_ms))
                 finish = "stop"
-                for chunk in self.llm.create_chat_completion(stream=True, **kwargs):
+                chunks = cast(Iterator[Any], self.llm.create_chat_completion(stream=True, **kwargs))
+                for chunk in chunks:
                     if sampling.cancelled.is_set():
                         return
                     choice = chunk["choices"][0]

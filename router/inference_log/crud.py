@@ -30,7 +30,7 @@ def upsert_feedback(
 ) -> dict[str, Any]:
     """Store a thumb; the same unit rating the same request again replaces its rating."""
     now = utcnow()
-    stmt = insert(engine, FEEDBACK).values(
+    values = insert(engine, FEEDBACK).values(
         request_id=request_id,
         unit_id=unit_id,
         value=value,
@@ -38,7 +38,7 @@ def upsert_feedback(
         created_at=now,
         updated_at=now,
     )
-    stmt = stmt.on_conflict_do_update(
+    stmt = values.on_conflict_do_update(
         index_elements=["request_id", "unit_id"],
         set_={"value": value, "comment": comment, "updated_at": now},
     ).returning(*FEEDBACK.c)

@@ -9,7 +9,6 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -49,7 +48,7 @@ def ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def insert(engine: Engine, table: Table) -> Insert:
+def insert(engine: Engine, table: Table) -> postgresql.Insert | sqlite.Insert:
     """``INSERT`` in the engine's dialect, so callers can add ``ON CONFLICT`` clauses."""
     if engine.dialect.name == "postgresql":
         return postgresql.insert(table)
