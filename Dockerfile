@@ -80,6 +80,7 @@ COPY router ./router
 COPY registry ./registry
 COPY experiments ./experiments
 COPY ui ./ui
+COPY README.md ./
 RUN /opt/build-venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 
