@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from router.backends.base import ChatParams
+from router.backends.base import ChatParams, Delta
 from router.backends.fake import FakeBackend, FakeSpec
 from router.errors import CanaryError
 
@@ -32,7 +32,9 @@ def create_fake_openai_app(spec: FakeSpec | None = None) -> Starlette:
         )
         try:
             if body.get("stream"):
-                return StreamingResponse(_events(backend, params), media_type="text/event-stream")
+                deltas = aiter(backend.stream(params))
+                first = await anext(deltas)  # errors before the first event get a status
+                return StreamingResponse(_events(first, deltas), media_type="text/event-stream")
             result = await backend.complete(params)
         except CanaryError as exc:
             return Response(orjson.dumps(exc.body()), status_code=exc.status_code)
@@ -60,8 +62,13 @@ def create_fake_openai_app(spec: FakeSpec | None = None) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
 
 
-async def _events(backend: FakeBackend, params: ChatParams) -> AsyncIterator[bytes]:
-    async for delta in backend.stream(params):
+async def _events(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    async def all_deltas() -> AsyncIterator[Delta]:
+        yield first
+        async for delta in rest:
+            yield delta
+
+    async for delta in all_deltas():
         chunk: dict[str, object] = {
             "id": "fake",
             "object": "chat.completion.chunk",
