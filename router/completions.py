@@ -287,7 +287,10 @@ class ChatService:
         m = self._metrics
         m.in_flight.labels(record.route).dec()
         self._writer.submit(record.row(store_prompts=self._settings.store_prompts))
-        if record.arm is not None:
+        if record.arm is None:  # refused before an arm was picked; bound the label values
+            route = record.route if record.route in self.routes else "unknown"
+            m.requests.labels(route, "none", "", record.status).inc()
+        else:
             labels = (record.route, record.arm, record.model_version or "")
             m.requests.labels(*labels, record.status).inc()
             m.latency.labels(*labels).observe(record.latency_ms / 1000)

@@ -117,6 +117,9 @@ class RouteTable:
                 f"(routes: {known})."
             ) from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._routes
+
     def __iter__(self) -> Iterator[Route]:
         return iter(self._routes.values())
 
