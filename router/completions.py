@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -87,7 +88,11 @@ class ChatService:
             raise
         record.served_arm, record.served_model_version = served.role, served.version
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return self._sse(record, deltas, head, include_usage), _headers(record)
+        events = self._sse(record, deltas, head, include_usage)
+        # A client that leaves before the first event means the generator never starts,
+        # so its ``finally`` never runs: log the request when the generator is collected.
+        weakref.finalize(events, self._abandoned, record)
+        return events, _headers(record)
 
     def log_rejected(self, route: str, message: str, status_code: int, code: str) -> None:
         """Log a request refused before it reached a route (malformed JSON, bad fields)."""
@@ -104,7 +109,7 @@ class ChatService:
     def _record_for(
         self, route: str, *, stream: bool, messages: list[dict[str, Any]] | None
     ) -> RequestRecord:
-        self._metrics.in_flight.labels(route).inc()
+        self._metrics.in_flight.labels(self._route_label(route)).inc()
         return RequestRecord(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             created_at=datetime.now(UTC),
@@ -281,15 +286,26 @@ class ChatService:
                 + result.usage.completion_tokens * price.completion
             ) / 1_000_000
 
+    def _abandoned(self, record: RequestRecord) -> None:
+        if not record.finished:
+            record.status, record.http_status = DISCONNECTED, 499
+            self._finish(record)
+
+    def _route_label(self, route: str) -> str:
+        """Clients choose ``model``; only known routes become label values."""
+        return route if route in self.routes else "unknown"
+
     def _finish(self, record: RequestRecord) -> None:
-        """Log the row and count it. Runs exactly once per request, in a ``finally``."""
+        """Log the row and count it; once per request, whichever path ends it."""
+        if record.finished:
+            return
+        record.finished = True
         record.latency_ms = record.elapsed_ms()
         m = self._metrics
-        m.in_flight.labels(record.route).dec()
+        m.in_flight.labels(self._route_label(record.route)).dec()
         self._writer.submit(record.row(store_prompts=self._settings.store_prompts))
-        if record.arm is None:  # refused before an arm was picked; bound the label values
-            route = record.route if record.route in self.routes else "unknown"
-            m.requests.labels(route, "none", "", record.status).inc()
+        if record.arm is None:  # refused before an arm was picked
+            m.requests.labels(self._route_label(record.route), "none", "", record.status).inc()
         else:
             labels = (record.route, record.arm, record.model_version or "")
             m.requests.labels(*labels, record.status).inc()

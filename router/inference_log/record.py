@@ -59,6 +59,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None
+    finished: bool = False  # set once the row is handed to the writer
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

@@ -200,3 +200,39 @@ async def test_failed_writes_are_retried_then_spilled(engine: Engine, tmp_path: 
     assert LogWriter(engine, metrics=Metrics(), spill_dir=tmp_path / "spill").replay_spills() == 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM inference_log")).scalar_one() == 2
+
+
+async def test_stream_abandoned_before_its_first_event_is_logged(
+    engine: Engine, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    import gc
+    from functools import partial
+
+    from registry.bundled import resolve_gguf
+    from router.completions import ChatService
+    from router.routes_table import RouteTable, StaticArmSource
+    from router.schemas import ChatCompletionRequest
+
+    settings = make_settings()
+    metrics = Metrics()
+    writer = LogWriter(engine, metrics=metrics, spill_dir=tmp_path / "spill")
+    routes = RouteTable(
+        StaticArmSource(settings.routes), resolve_gguf=partial(resolve_gguf, models_dir=tmp_path)
+    )
+    await writer.start()
+    await routes.start()
+    service = ChatService(routes=routes, writer=writer, metrics=metrics, settings=settings)
+    body = ChatCompletionRequest.model_validate(
+        {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    events, headers = await service.stream(body, unit="u", arm_override=None)
+    del events  # the server never sends a byte: the client left right after asking
+    gc.collect()
+    await writer.close()
+    await routes.close()
+    with engine.connect() as conn:
+        status = conn.execute(
+            text("SELECT status FROM inference_log WHERE request_id = :r"),
+            {"r": headers["x-request-id"]},
+        ).scalar_one()
+    assert status == "client_disconnected"
