@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import Field
 
 from router.backends.base import Backend, ChatParams, Completion, Delta, SpecBase, Usage
@@ -25,8 +23,9 @@ from router.errors import BackendError, ContextLengthExceeded
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-# OpenAI counts a few tokens of chat-template framing per message; so do we, to refuse
-# prompts that cannot fit before they wait in the queue. llama.cpp checks exactly later.
+# OpenAI counts a few tokens of chat-template framing per message; so do we, to refuse a
+# prompt (plus an explicit max_tokens) that cannot fit with OpenAI's message. llama.cpp
+# checks the exact prompt again when it generates.
 _TOKENS_PER_MESSAGE = 4
 
 
@@ -97,7 +96,6 @@ class LlamaCppBackend(Backend):
 
     # -- requests ----------------------------------------------------------------------
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        # Tokenizing reads only the vocabulary, which generation never writes.
         llm = self.llm
         return sum(
             len(llm.tokenize(m["content"].encode(), add_bos=False, special=True))
@@ -106,7 +104,7 @@ class LlamaCppBackend(Backend):
         )
 
     def _check_fits(self, messages: list[dict[str, str]], max_tokens: int | None) -> None:
-        """Refuse, before queueing, a prompt (plus an explicit max_tokens) that cannot fit."""
+        """Refuse a prompt (plus an explicit max_tokens) that cannot fit, with the counts."""
         prompt = self.count_prompt_tokens(messages)
         wanted = prompt + (max_tokens or 0)
         if prompt >= self.spec.n_ctx or wanted > self.spec.n_ctx:
@@ -117,13 +115,8 @@ class LlamaCppBackend(Backend):
                 "or the completion."
             )
 
-    def _submit(self, params: ChatParams, run: Callable[[_Sampling, dict[str, Any]], Any]) -> Any:
-        """Queue ``run`` on the model's worker; returns (future, sampling) for the caller."""
-        explicit_max = params.max_tokens
+    def _kwargs(self, params: ChatParams) -> dict[str, Any]:
         p = self.with_defaults(params)
-        self._check_fits(p.messages, explicit_max)
-        llm = self.llm
-        sampling = _Sampling(llm.token_eos())
         kwargs: dict[str, Any] = {
             "messages": p.messages,
             "max_tokens": p.max_tokens,
@@ -131,102 +124,89 @@ class LlamaCppBackend(Backend):
             "top_p": p.top_p,
             "repeat_penalty": self.spec.repeat_penalty,
             "stop": p.stop or [],
-            "logits_processor": [sampling],
+            "stream": True,
         }
         if p.seed is not None:
             kwargs["seed"] = p.seed
-        submitted = time.perf_counter()
+        return kwargs
 
-        def job() -> Any:
-            sampling.queue_wait_ms = (time.perf_counter() - submitted) * 1000
-            if sampling.cancelled.is_set():
-                return None
-            try:
-                return run(sampling, kwargs)
-            except Exception as exc:
-                raise _translate(exc) from exc
+    def _generate(
+        self,
+        params: ChatParams,
+        submitted: float,
+        cancelled: threading.Event,
+        emit: Callable[[Delta], None],
+    ) -> None:
+        """Worker-thread body: one generation, streamed through ``emit``.
 
-        return asyncio.get_running_loop().run_in_executor(self._executor, job), sampling
-
-    async def complete(self, params: ChatParams) -> Completion:
-        def run(_sampling: _Sampling, kwargs: dict[str, Any]) -> Any:
-            return self.llm.create_chat_completion(**kwargs)
-
-        future, sampling = self._submit(params, run)
+        Both ``complete`` and ``stream`` use it, so a cancelled request stops at its next
+        token either way (closing llama-cpp-python's generator ends the decode loop).
+        """
+        emit(Delta(queue_wait_ms=(time.perf_counter() - submitted) * 1000))
+        if cancelled.is_set():
+            return
+        kwargs = self._kwargs(params)
+        # Checked here, not on the event loop: tokenizing costs the loop ~0.3 ms a request.
+        self._check_fits(kwargs["messages"], params.max_tokens)
+        llm = self.llm
+        chunks = cast(Iterator[Any], llm.create_chat_completion(**kwargs))
+        prompt_tokens, finish = None, "stop"
         try:
-            result = await asyncio.shield(future)
+            for chunk in chunks:
+                if prompt_tokens is None:
+                    # The first chunk comes right after the prompt is evaluated, before the
+                    # first sampled token is: the context holds exactly the prompt.
+                    prompt_tokens = llm.n_tokens
+                if cancelled.is_set():
+                    return
+                choice = chunk["choices"][0]
+                if text := choice["delta"].get("content"):
+                    emit(Delta(text=text))
+                finish = choice.get("finish_reason") or finish
         finally:
-            sampling.cancelled.set()  # no-op when done; otherwise frees the model at once
-        choice = result["choices"][0]
-        usage = result["usage"]
-        return Completion(
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(usage["prompt_tokens"], usage["completion_tokens"]),
-            queue_wait_ms=sampling.queue_wait_ms,
-        )
+            chunks.close()  # type: ignore[attr-defined]
+        prompt_tokens = prompt_tokens or llm.n_tokens
+        # Every sampled token is evaluated except the last one when the length ran out.
+        completion = llm.n_tokens - prompt_tokens + (1 if finish == "length" else 0)
+        emit(Delta(finish_reason=finish, usage=Usage(prompt_tokens, completion)))
 
     async def stream(self, params: ChatParams) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[Delta | Exception | None] = asyncio.Queue()
         put = queue.put_nowait
+        cancelled = threading.Event()
 
-        def run(sampling: _Sampling, kwargs: dict[str, Any]) -> None:
+        def emit(delta: Delta) -> None:
+            loop.call_soon_threadsafe(put, delta)
+
+        def job(submitted: float) -> None:
             try:
-                loop.call_soon_threadsafe(put, Delta(queue_wait_ms=sampling.queue_wait_ms))
-                finish = "stop"
-                chunks = cast(Iterator[Any], self.llm.create_chat_completion(stream=True, **kwargs))
-                for chunk in chunks:
-                    if sampling.cancelled.is_set():
-                        return
-                    choice = chunk["choices"][0]
-                    if text := choice["delta"].get("content"):
-                        loop.call_soon_threadsafe(put, Delta(text=text))
-                    finish = choice.get("finish_reason") or finish
-                usage = sampling.usage(finish)
-                loop.call_soon_threadsafe(put, Delta(finish_reason=finish, usage=usage))
+                self._generate(params, submitted, cancelled, emit)
             except Exception as exc:  # handed over to the awaiting coroutine
                 loop.call_soon_threadsafe(put, _translate(exc))
             finally:
                 loop.call_soon_threadsafe(put, None)
 
-        _future, sampling = self._submit(params, run)
+        self.llm  # noqa: B018 - fail here, not in the worker, when the model is not loaded
+        loop.run_in_executor(self._executor, job, time.perf_counter())
         try:
             while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
+                if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            sampling.cancelled.set()
+            cancelled.set()  # no-op when finished; otherwise frees the model at once
 
-
-class _Sampling:
-    """A llama.cpp logits processor that counts tokens exactly and stops on cancel.
-
-    llama.cpp calls it once per sampled token with every token so far: the first call
-    sees exactly the prompt, and a cancelled request is answered with end-of-sequence.
-    """
-
-    def __init__(self, eos: int) -> None:
-        self.eos = eos
-        self.cancelled = threading.Event()
-        self.prompt_tokens = 0
-        self.sampled = 0
-        self.queue_wait_ms = 0.0
-
-    def __call__(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> Any:
-        if self.sampled == 0:
-            self.prompt_tokens = len(input_ids)
-        self.sampled += 1
-        if self.cancelled.is_set():
-            scores[:] = -np.inf
-            scores[self.eos] = 0.0
-        return scores
-
-    def usage(self, finish_reason: str) -> Usage:
-        # On "stop" the last sample was end-of-sequence, which is not part of the answer.
-        completion = self.sampled - (1 if finish_reason == "stop" and self.sampled else 0)
-        return Usage(self.prompt_tokens, completion)
+    async def complete(self, params: ChatParams) -> Completion:
+        parts: list[str] = []
+        finish, usage, wait_ms = "stop", Usage(), 0.0
+        async for delta in self.stream(params):
+            parts.append(delta.text)
+            if delta.queue_wait_ms is not None:
+                wait_ms = delta.queue_wait_ms
+            if delta.finish_reason:
+                finish, usage = delta.finish_reason, delta.usage or usage
+        return Completion("".join(parts), finish, usage, queue_wait_ms=wait_ms)
 
 
 def _translate(exc: Exception) -> Exception:

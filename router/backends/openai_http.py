@@ -37,6 +37,8 @@ class OpenAIBackend(Backend):
         self.context_length = spec.context_length
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # Absolute, parsed once: merging a relative URL into base_url costs ~35 us a call.
+        self._url = httpx.URL(f"{spec.base_url.rstrip('/')}/chat/completions")
 
     async def start(self) -> None:
         headers = {"content-type": "application/json"}
@@ -100,9 +102,7 @@ class OpenAIBackend(Backend):
 
     async def complete(self, params: ChatParams) -> Completion:
         try:
-            response = await self.client.post(
-                "/chat/completions", content=self._body(params, False)
-            )
+            response = await self.client.post(self._url, content=self._body(params, False))
         except httpx.TimeoutException as exc:
             raise BackendTimeout(f"{self.spec.name} timed out: {exc!r}") from exc
         except httpx.HTTPError as exc:
@@ -123,9 +123,7 @@ class OpenAIBackend(Backend):
     async def stream(self, params: ChatParams) -> AsyncIterator[Delta]:
         finish, usage, pieces = "stop", None, 0
         try:
-            request = self.client.build_request(
-                "POST", "/chat/completions", content=self._body(params, True)
-            )
+            request = self.client.build_request("POST", self._url, content=self._body(params, True))
             response = await self.client.send(request, stream=True)
             try:
                 if response.status_code >= 400:

@@ -141,3 +141,30 @@ def test_disconnect_frees_the_model(smol: ServerThread) -> None:
     )
     assert ok.status_code == 200
     assert time.perf_counter() - started < 2.0
+
+
+def test_stream_usage_matches_llama_cpps_own_count(smol: ServerThread) -> None:
+    """Streamed usage (read off the context) equals llama.cpp's non-streamed usage."""
+    from llama_cpp import Llama
+
+    from registry.bundled import smollm2_path
+
+    messages = [{"role": "user", "content": "Écris une phrase avec des accents: é à ç."}]
+    chunks = list(
+        _client(smol).chat.completions.create(
+            model="smol",
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=30,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = chunks[-1].usage
+    llm = Llama(model_path=str(smollm2_path()), n_ctx=512, n_threads=1, verbose=False)
+    own = llm.create_chat_completion(messages=messages, max_tokens=30, temperature=0)["usage"]  # type: ignore[arg-type,index]
+    llm.close()
+    assert streamed is not None
+    assert (streamed.prompt_tokens, streamed.completion_tokens) == (
+        own["prompt_tokens"],
+        own["completion_tokens"],
+    )
