@@ -5,7 +5,7 @@ non-empty content chunk) and decode speed (tokens/s: content chunks after the fi
 over the time from the first chunk to the last; llama.cpp streams one chunk a token)
 for the same chat, greedy (temperature 0, fixed seed), ``max_tokens`` 128, with the
 bundled SmolLM2-135M-Instruct GGUF and identical llama.cpp settings on both sides
-(``n_threads`` 2, ``n_ctx`` 2048, ``n_batch`` 512, top_p 0.95, repeat penalty 1):
+(``n_threads`` 2 unless ``--n-threads``, ``n_ctx`` 2048, ``n_batch`` 512, top_p 0.95, repeat penalty 1):
 
 - direct: ``Llama.create_chat_completion(stream=True)`` in this process;
 - router: ``POST /v1/chat/completions`` with ``stream: true`` to a router process whose
@@ -50,7 +50,7 @@ from router.backends import LlamaCppSpec
 from router.config import RouteConfig, Settings
 
 ROUTE = "chat"
-N_CTX, N_THREADS, SEED = 2048, 2, 42
+N_CTX, SEED = 2048, 42
 QUESTION = "Write a short story about a robot who learns to paint."
 TARGET_RATIO, TARGET_TTFT_ADDED_MS = 0.97, 2.0
 SETTLE_S = 0.5
@@ -121,7 +121,7 @@ def timed(side: str, pieces: Iterable[str], start: float) -> Run:
 
 
 # -- direct ------------------------------------------------------------------------------
-def load_llama(path: Path) -> Any:
+def load_llama(path: Path, n_threads: int) -> Any:
     """The model with the settings ``LlamaCppBackend`` uses for the router's spec."""
     from llama_cpp import Llama
 
@@ -130,7 +130,7 @@ def load_llama(path: Path) -> Any:
         n_ctx=N_CTX,
         n_batch=512,
         n_gpu_layers=0,
-        n_threads=N_THREADS,
+        n_threads=n_threads,
         seed=SEED,
         chat_format=None,
         verbose=False,
@@ -146,10 +146,14 @@ def direct_pieces(llm: Any, chat: list[dict[str, str]], max_tokens: int) -> Iter
 
 
 def run_direct(
-    path: Path, chat: list[dict[str, str]], warmup: list[dict[str, str]], max_tokens: int
+    path: Path,
+    chat: list[dict[str, str]],
+    warmup: list[dict[str, str]],
+    max_tokens: int,
+    n_threads: int,
 ) -> Run:
     """Load, warm up, measure one answer, close: the model exists only for this run."""
-    llm = load_llama(path)
+    llm = load_llama(path, n_threads)
     try:
         for _ in direct_pieces(llm, warmup, 8):
             pass
@@ -161,13 +165,13 @@ def run_direct(
 
 
 # -- router ------------------------------------------------------------------------------
-def router_settings(data_dir: Path, path: Path, max_tokens: int) -> Settings:
+def router_settings(data_dir: Path, path: Path, max_tokens: int, n_threads: int) -> Settings:
     champion = LlamaCppSpec(
         name="smollm2-135m-instruct",
         version="bundled",
         gguf=str(path),
         n_ctx=N_CTX,
-        n_threads=N_THREADS,
+        n_threads=n_threads,
         seed=SEED,
         temperature=0.0,
         max_tokens=max_tokens,
@@ -276,7 +280,9 @@ def measure(path: Path, router_url: str, args: argparse.Namespace) -> list[tuple
             sides = ["direct", "router"] if round_no % 2 == 0 else ["router", "direct"]
             for side in sides:
                 if side == "direct":
-                    runs.append((round_no, run_direct(path, chat, warmup, args.max_tokens)))
+                    runs.append(
+                        (round_no, run_direct(path, chat, warmup, args.max_tokens, args.n_threads))
+                    )
                 else:
                     runs.append((round_no, run_router(client, chat, args.max_tokens)))
     return runs
@@ -292,6 +298,9 @@ def parse_args() -> argparse.Namespace:
         help="a new system prompt each round: TTFT includes evaluating the whole prompt",
     )
     parser.add_argument("--quick", action="store_true", help="2 runs per side, 32 tokens")
+    parser.add_argument(
+        "--n-threads", type=int, default=2, help="llama.cpp threads, the same on both sides"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.max_tokens = 2, 32
@@ -302,12 +311,12 @@ def main() -> None:
     args = parse_args()
     path = smollm2_path()
     with tempfile.TemporaryDirectory(prefix="canary-bench-") as tmp:
-        settings = router_settings(Path(tmp), path, args.max_tokens)
+        settings = router_settings(Path(tmp), path, args.max_tokens, args.n_threads)
         with ServerProcess(partial(create_app, settings)) as router:
             runs = measure(path, router.url, args)
     print(
         f"SmolLM2-135M-Instruct ({path.name}), {os.cpu_count()} CPU cores, "
-        f"n_threads {N_THREADS}, n_ctx {N_CTX}, temperature 0, seed {SEED}, "
+        f"n_threads {args.n_threads}, n_ctx {N_CTX}, temperature 0, seed {SEED}, "
         f"max_tokens {args.max_tokens}, {args.runs} runs per side, "
         f"{'fresh prompt each round' if args.fresh_prompts else 'prompt cached on both sides'}"
     )
