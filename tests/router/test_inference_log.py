@@ -236,3 +236,28 @@ async def test_stream_abandoned_before_its_first_event_is_logged(
             {"r": headers["x-request-id"]},
         ).scalar_one()
     assert status == "client_disconnected"
+
+
+def test_cost_is_estimated_from_token_prices(
+    make_settings: Callable[..., Settings], run_router: Any
+) -> None:
+    # USD per million tokens; a version-specific price wins over the model's.
+    prices = {
+        "fake-champion": {"prompt": 1_000_000, "completion": 2_000_000},
+        "fake-challenger@2": {"prompt": 0, "completion": 10_000_000},
+    }
+    settings = make_settings(token_prices=prices, allow_arm_override=True)
+    with run_router(settings) as (server, _):
+        costs = {}
+        for arm in ("champion", "challenger"):
+            r = httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json={"model": "chat", "messages": [{"role": "user", "content": "one two"}]},
+                headers={"x-canary-arm": arm},
+            )
+            usage = r.json()["usage"]
+            row = httpx.get(f"{server.url}/v1/requests/{r.json()['id']}").json()
+            costs[arm] = (row["cost_usd"], usage)
+    (champion, cu), (challenger, ku) = costs["champion"], costs["challenger"]
+    assert champion == pytest.approx(cu["prompt_tokens"] * 1 + cu["completion_tokens"] * 2)
+    assert challenger == pytest.approx(ku["completion_tokens"] * 10)
