@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,9 +20,21 @@ from router.config import Settings
 from router.inference_log.db import create_db_engine, migrate
 from router.inference_log.writer import LogWriter
 from router.metrics import Metrics
+from router.registry_source import RegistryArmSource
 from router.routes_table import ArmSource, RouteTable, StaticArmSource
 
 log = logging.getLogger(__name__)
+
+
+def default_arm_source(settings: Settings) -> ArmSource:
+    """The settings' routes when given, else the MLflow registry (MLflow's env convention)."""
+    if settings.routes:
+        return StaticArmSource(settings.routes)
+    from registry.store import Registry
+
+    return RegistryArmSource(
+        Registry.from_env(settings.data_dir), challenger_weight=settings.challenger_weight
+    )
 
 
 def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> FastAPI:
@@ -42,12 +55,15 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
             flush_interval_s=settings.log_flush_interval_s,
             max_retries=settings.log_max_retries,
         )
+        source = arm_source or default_arm_source(settings)
         routes = RouteTable(
-            arm_source or StaticArmSource(settings.routes),
-            resolve_gguf=partial(resolve_gguf, models_dir=settings.data_dir / "models"),
+            source, resolve_gguf=partial(resolve_gguf, models_dir=settings.data_dir / "models")
         )
         await writer.start()
         await routes.start()
+        watcher = None
+        if not isinstance(source, StaticArmSource):
+            watcher = asyncio.create_task(routes.watch(settings.registry_poll_s))
         for route in routes:
             for arm, weight in route.weights.items():
                 metrics.traffic_weight.labels(route.name, arm).set(weight)
@@ -59,6 +75,8 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
             yield
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
+            if watcher is not None:
+                watcher.cancel()
             await service.close()
             await writer.close()
             await routes.close()

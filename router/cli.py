@@ -10,9 +10,10 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from router.app import create_app
+    from router.app import create_app, default_arm_source
     from router.config import Settings
     from router.logs import configure_logging
+    from router.registry_source import RegistryArmSource
 
     if args.config:
         os.environ["CANARY_CONFIG"] = args.config  # read by Settings as its YAML layer
@@ -20,8 +21,15 @@ def _serve(args: argparse.Namespace) -> None:
     host = args.host or settings.host
     port = args.port or settings.port
     configure_logging(settings.log_level, settings.log_format)
+    source = default_arm_source(settings)
+    if isinstance(source, RegistryArmSource):
+        from registry.bundled import register_bundled
+
+        # First run on an empty registry: the bundled SmolLM2 (champion) and Gemma
+        # (challenger) become route "chat", with a progress bar.
+        register_bundled(source.registry, settings.data_dir / "models")
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, arm_source=source),
         host=host,
         port=port,
         log_config=None,

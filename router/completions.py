@@ -43,6 +43,8 @@ class ChatService:
         self._settings = settings
         self._shadow_slots = asyncio.Semaphore(settings.shadow_max_concurrency)
         self._background: set[asyncio.Task[None]] = set()
+        # Arms each unfinished request uses; a version swapped out closes once released.
+        self._held: dict[str, list[Arm]] = {}
 
     async def close(self) -> None:
         """Wait for shadow calls still running, so their rows are logged too."""
@@ -185,6 +187,7 @@ class ChatService:
         attempt: Callable[[Arm], Awaitable[T]],
     ) -> tuple[Arm, T]:
         """Try the assigned arm; a failing challenger hands the request to the champion."""
+        self._hold(record, arm)
         try:
             return arm, await attempt(arm)
         except BackendError as exc:
@@ -195,6 +198,7 @@ class ChatService:
                 "challenger failed; falling back to champion",
                 extra={"request_id": record.request_id, "route": route.name, "error": exc.message},
             )
+            self._hold(record, route.champion)
             return route.champion, await attempt(route.champion)
 
     async def _open_stream(
@@ -286,6 +290,10 @@ class ChatService:
                 + result.usage.completion_tokens * price.completion
             ) / 1_000_000
 
+    def _hold(self, record: RequestRecord, arm: Arm) -> None:
+        arm.acquire()
+        self._held.setdefault(record.request_id, []).append(arm)
+
     def _abandoned(self, record: RequestRecord) -> None:
         if not record.finished:
             record.status, record.http_status = DISCONNECTED, 499
@@ -300,6 +308,8 @@ class ChatService:
         if record.finished:
             return
         record.finished = True
+        for arm in self._held.pop(record.request_id, ()):
+            arm.release()
         record.latency_ms = record.elapsed_ms()
         m = self._metrics
         m.in_flight.labels(self._route_label(record.route)).dec()
@@ -352,6 +362,7 @@ class ChatService:
             record.model_name, record.model_version = challenger.model, challenger.version
             record.served_model_version = challenger.version
             record.unit_id, record.assignment_reason = parent.unit_id, parent.assignment_reason
+            self._hold(record, challenger)
             try:
                 result = await self._timed(challenger.backend.complete(params))
                 self._succeed(record, None, result)

@@ -76,7 +76,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    routes: dict[str, RouteConfig] = Field(default_factory=bundled_routes)
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=bundled_routes,  # TODO(registry): becomes dict once it lands
+        description="Arms given directly. Empty: every route comes from the MLflow registry.",
+    )
+    registry_poll_s: float = Field(default=5.0, gt=0, description="How often aliases are read.")
+    challenger_weight: float = Field(
+        default=10.0, ge=0, le=100, description="Percent of units for a registry @challenger."
+    )
     allow_arm_override: bool = Field(default=False, description="Honour header X-Canary-Arm.")
     shadow_max_concurrency: int = Field(default=2, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)

@@ -1,14 +1,18 @@
 """The live routes: each with its loaded arms and current weights, changeable at run time.
 
-Arms come from an ``ArmSource``. Here that is the settings (``StaticArmSource``); the
-MLflow registry provides the same interface.
+Arms come from an ``ArmSource``: the settings (``StaticArmSource``) or the MLflow
+registry (``router.registry_source``). ``watch`` polls the source; when a version
+changes, the new one loads in the background and is swapped in atomically (one
+assignment on the event loop). Requests hold the arm they started on, so in-flight
+requests finish on the old version, which is closed once the last one is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -17,8 +21,10 @@ from router.backends import Backend, SpecBase, build_backend
 from router.config import RouteConfig
 from router.errors import RouteNotFound
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(eq=False, slots=True)
 class Arm:
     """One loaded model version serving one side of a route."""
 
@@ -26,6 +32,22 @@ class Arm:
     model: str
     version: str
     backend: Backend
+    in_flight: int = 0  # requests using this arm now; a retired arm closes at zero
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once no request uses this arm."""
+        if self.in_flight:
+            await self._idle.wait()
 
 
 @dataclass(slots=True)
@@ -73,9 +95,12 @@ class RouteTable:
         self._source = source
         self._resolve_gguf = resolve_gguf
         self._routes: dict[str, Route] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        #: "ok", or "degraded: <why>" while the source cannot be read or a version not loaded.
+        self.status = "ok"
 
     async def start(self) -> None:
-        configs = self._source.load()
+        configs = await asyncio.to_thread(self._source.load)
         routes = {name: self._build(name, cfg) for name, cfg in configs.items()}
         backends = [
             arm.backend for r in routes.values() for arm in (r.champion, r.challenger) if arm
@@ -87,15 +112,71 @@ class RouteTable:
             raise
         self._routes = routes
 
-    def _build(self, name: str, cfg: RouteConfig) -> Route:
-        def arm(role: ArmName, spec: SpecBase) -> Arm:
-            backend = build_backend(spec, resolve_gguf=self._resolve_gguf)
-            return Arm(role, spec.name, spec.version, backend)
+    async def refresh(self) -> list[str]:
+        """Load what changed in the source and swap it in; returns what changed."""
+        configs = await asyncio.to_thread(self._source.load)
+        changes: list[str] = []
+        for name, cfg in configs.items():
+            route = self._routes.get(name)
+            if route is None:
+                new = self._build(name, cfg)
+                arms = [a for a in (new.champion, new.challenger) if a]
+                await asyncio.gather(*(a.backend.start() for a in arms))
+                self._routes[name] = new
+                changes.append(f"{name}: new route")
+                continue
+            for role, spec in (("champion", cfg.champion), ("challenger", cfg.challenger)):
+                current: Arm | None = getattr(route, role)
+                if spec is None and current is None:
+                    continue
+                if spec is not None and current is not None and current.version == spec.version:
+                    continue
+                arm = None
+                if spec is not None:
+                    arm = self._arm(role, spec)  # type: ignore[arg-type]
+                    await arm.backend.start()  # the old version keeps serving meanwhile
+                setattr(route, role, arm)  # the swap: the next request takes the new arm
+                if current is not None:
+                    self._retire(current)
+                old = current.version if current else "none"
+                changes.append(f"{name}@{role}: {old} -> {arm.version if arm else 'none'}")
+        return changes
 
+    async def watch(self, interval_s: float, *, max_backoff_s: float = 60.0) -> None:
+        """Poll the source forever; while it fails, keep serving and back off."""
+        delay = interval_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                for change in await self.refresh():
+                    log.info("route changed", extra={"change": change})
+                self.status, delay = "ok", interval_s
+            except Exception as exc:
+                self.status = f"degraded: {exc}"
+                delay = min(delay * 2, max_backoff_s)
+                log.warning(
+                    "arm source unavailable; serving the loaded versions",
+                    extra={"error": str(exc), "retry_in_s": delay},
+                )
+
+    def _retire(self, arm: Arm) -> None:
+        async def drain() -> None:
+            await arm.drained()
+            await arm.backend.aclose()
+
+        task = asyncio.create_task(drain())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _arm(self, role: ArmName, spec: SpecBase) -> Arm:
+        backend = build_backend(spec, resolve_gguf=self._resolve_gguf)
+        return Arm(role, spec.name, spec.version, backend)
+
+    def _build(self, name: str, cfg: RouteConfig) -> Route:
         return Route(
             name=name,
-            champion=arm("champion", cfg.champion),
-            challenger=arm("challenger", cfg.challenger) if cfg.challenger else None,
+            champion=self._arm("champion", cfg.champion),
+            challenger=self._arm("challenger", cfg.challenger) if cfg.challenger else None,
             challenger_bps=round(cfg.challenger_weight * BUCKETS / 100),
             salt=cfg.salt if cfg.salt is not None else name,
             experiment_id=cfg.experiment_id,
@@ -103,6 +184,8 @@ class RouteTable:
         )
 
     async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         routes, self._routes = self._routes, {}
         arms = [a for r in routes.values() for a in (r.champion, r.challenger) if a]
         await asyncio.gather(*(a.backend.aclose() for a in arms), return_exceptions=True)

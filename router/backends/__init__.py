@@ -11,10 +11,13 @@ from pydantic import Field
 from router.backends.base import Backend, ChatParams, Completion, Delta, SpecBase, Usage
 from router.backends.fake import FakeBackend, FakeSpec
 from router.backends.llama_cpp import LlamaCppBackend, LlamaCppSpec
+from router.backends.mlflow_pyfunc import PyfuncBackend, PyfuncSpec
 from router.backends.openai_http import OpenAIBackend, OpenAISpec
 
 #: A model spec, told apart by its ``backend`` field.
-BackendSpec = Annotated[LlamaCppSpec | OpenAISpec | FakeSpec, Field(discriminator="backend")]
+BackendSpec = Annotated[
+    LlamaCppSpec | OpenAISpec | PyfuncSpec | FakeSpec, Field(discriminator="backend")
+]
 
 __all__ = [
     "Backend",
@@ -28,6 +31,8 @@ __all__ = [
     "LlamaCppSpec",
     "OpenAIBackend",
     "OpenAISpec",
+    "PyfuncBackend",
+    "PyfuncSpec",
     "SpecBase",
     "Usage",
     "build_backend",
@@ -40,6 +45,8 @@ def build_backend(spec: SpecBase, *, resolve_gguf: Callable[[str], Path]) -> Bac
         return LlamaCppBackend(spec, model_path=str(resolve_gguf(spec.gguf)))
     if isinstance(spec, OpenAISpec):
         return OpenAIBackend(spec)
+    if isinstance(spec, PyfuncSpec):
+        return PyfuncBackend(spec)
     if isinstance(spec, FakeSpec):
         return FakeBackend(spec)
     raise TypeError(f"no backend for {type(spec).__name__}")

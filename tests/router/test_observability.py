@@ -225,7 +225,10 @@ def test_live(http: httpx.Client) -> None:
 def test_ready_checks_arms_and_database(http: httpx.Client) -> None:
     r = http.get("/health/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "checks": {"arms": "ok", "database": "ok"}}
+    assert r.json() == {
+        "status": "ready",
+        "checks": {"arms": "ok", "database": "ok", "registry": "ok"},
+    }
 
 
 def test_ready_is_503_naming_an_unreachable_database(observed: Running, http: httpx.Client) -> None:
