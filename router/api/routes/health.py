@@ -23,7 +23,8 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready", response_model=None)
 async def ready(routes: RoutesDep, engine: EngineDep) -> JSONResponse:
-    """Arms loaded and database reachable; 503 with the reasons otherwise."""
+    """Arms loaded and database reachable (503 otherwise). A registry that cannot be read
+    while the loaded versions keep serving makes the status ``degraded``, still 200."""
     checks: dict[str, Any] = {"arms": "ok" if routes.loaded else "no routes loaded"}
     try:
         await run_in_threadpool(ping, engine)
@@ -31,9 +32,9 @@ async def ready(routes: RoutesDep, engine: EngineDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unreachable: {exc.__class__.__name__}: {exc}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
-    )
+    checks["registry"] = routes.status
+    status = "not_ready" if not ok else ("ready" if routes.status == "ok" else "degraded")
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics")
