@@ -8,10 +8,38 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import PackageNotFoundError, files
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry.store import Registry
 
 BUNDLED_PREFIX = "bundled:"
+BUNDLED_ROUTE = "chat"
+
+#: SmolLM2-135M-Instruct carries its own ChatML template in the GGUF; a short context and
+#: answer keep the tiny model on topic.
+SMOLLM2_PARAMS: dict[str, Any] = {
+    "n_ctx": 2048,
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "max_tokens": 256,
+}
+
+#: Gemma-3-270M is a base model with no usable chat template: the Alpaca instruction
+#: format gives it sensible answers (Gemma's turn format makes it parrot the prompt), and
+#: stopping at the next "###" keeps it from writing the user's next turn. Same values as
+#: the router's configured default (router.config.bundled_routes).
+GEMMA3_PARAMS: dict[str, Any] = {
+    "n_ctx": 2048,
+    "chat_format": "alpaca",
+    "system_prompt": "You are a helpful assistant. Answer briefly and clearly.",
+    "temperature": 0.3,
+    "repeat_penalty": 1.1,
+    "stop": ["###"],
+}
 
 
 class BundledModelMissing(LookupError):
@@ -59,3 +87,31 @@ def resolve_gguf(ref: str, *, models_dir: Path) -> Path:
     if name == "gemma3":
         return gemma3_path(models_dir)
     raise BundledModelMissing(f"unknown bundled model {name!r}; known: {', '.join(BUNDLED)}")
+
+
+def register_bundled(registry: Registry, models_dir: Path) -> bool:
+    """Register SmolLM2 as ``chat@champion`` and Gemma-3 as ``chat@challenger``, only into
+    an empty registry, with a progress bar on stderr. True when it registered them."""
+    from tqdm import tqdm
+
+    if not registry.is_empty():
+        return False
+    models_dir.mkdir(parents=True, exist_ok=True)
+    steps = ["assemble Gemma-3-270M", "register SmolLM2-135M", "register Gemma-3-270M"]
+    with tqdm(total=len(steps), desc="bundled models", unit="step", file=sys.stderr) as bar:
+
+        def stage(name: str) -> None:
+            bar.set_postfix_str(name)
+
+        stage(steps[0])
+        gemma = gemma3_path(models_dir)
+        bar.update()
+        stage(steps[1])
+        registry.register_gguf(
+            BUNDLED_ROUTE, smollm2_path(), params=SMOLLM2_PARAMS, alias="champion"
+        )
+        bar.update()
+        stage(steps[2])
+        registry.register_gguf(BUNDLED_ROUTE, gemma, params=GEMMA3_PARAMS, alias="challenger")
+        bar.update()
+    return True

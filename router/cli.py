@@ -1,10 +1,14 @@
-"""``canary``: the command line. ``canary serve`` runs the router."""
+"""``canary``: the command line. ``canary serve`` runs the router; the registry commands
+(``register``, ``models``, ``alias``, ``promote``, ``rollback``, ``restore``) manage its models."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
+
+from router.cli_registry import add_registry_commands
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -46,12 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default: CANARY_PORT or 8000")
     serve.add_argument("--config", help="YAML settings file (same keys as CANARY_* variables)")
     serve.set_defaults(func=_serve)
+    add_registry_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    sys.exit(args.func(args) or 0)
 
 
 if __name__ == "__main__":

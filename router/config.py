@@ -14,7 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from router.backends import BackendSpec, LlamaCppSpec
+from router.backends import BackendSpec
 
 
 class RouteConfig(BaseModel):
@@ -37,31 +37,6 @@ class TokenPrice(BaseModel):
     completion: float = Field(default=0.0, ge=0)
 
 
-def bundled_routes() -> dict[str, RouteConfig]:
-    """The embedded default: SmolLM2-135M-Instruct as champion, Gemma-3-270M as challenger."""
-    return {
-        "chat": RouteConfig(
-            champion=LlamaCppSpec(
-                name="smollm2-135m-instruct", version="bundled", gguf="bundled:smollm2"
-            ),
-            # A base model with no chat template of its own: the Alpaca instruction format
-            # gives it sensible answers (Gemma's turn format makes it parrot the prompt),
-            # and stopping at the next "###" keeps it from writing the user's next turn.
-            challenger=LlamaCppSpec(
-                name="gemma-3-270m",
-                version="bundled",
-                gguf="bundled:gemma3",
-                chat_format="alpaca",
-                system_prompt="You are a helpful assistant. Answer briefly and clearly.",
-                temperature=0.3,
-                repeat_penalty=1.1,
-                stop=["###"],
-            ),
-            challenger_weight=10.0,
-        )
-    }
-
-
 class Settings(BaseSettings):
     """Everything the router reads from its environment; other modules get values from here."""
 
@@ -77,7 +52,7 @@ class Settings(BaseSettings):
     port: int = 8000
 
     routes: dict[str, RouteConfig] = Field(
-        default_factory=bundled_routes,  # TODO(registry): becomes dict once it lands
+        default_factory=dict,
         description="Arms given directly. Empty: every route comes from the MLflow registry.",
     )
     registry_poll_s: float = Field(default=5.0, gt=0, description="How often aliases are read.")

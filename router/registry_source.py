@@ -23,15 +23,21 @@ def _fields(spec: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in spec.model_fields and v is not None}
 
 
-def spec_for(resolved: ResolvedVersion) -> SpecBase:
+def spec_for(resolved: ResolvedVersion, registry: Registry) -> SpecBase:
     """The backend spec that serves one registered version."""
     identity = {"name": resolved.route, "version": resolved.version}
     if resolved.flavour == "gguf" and resolved.gguf_path is not None:
         params = {**_fields(LlamaCppSpec, resolved.params), **identity}
-        return LlamaCppSpec(**{**params, "gguf": str(resolved.gguf_path)})
+        return LlamaCppSpec.model_validate({**params, "gguf": str(resolved.gguf_path)})
     if resolved.flavour == "openai":
-        return OpenAISpec(**{**_fields(OpenAISpec, resolved.params), **identity})
-    return PyfuncSpec(**identity, model_uri=resolved.model_uri)
+        return OpenAISpec.model_validate({**_fields(OpenAISpec, resolved.params), **identity})
+    return PyfuncSpec(
+        name=resolved.route,
+        version=resolved.version,
+        model_uri=resolved.model_uri,
+        tracking_uri=registry.tracking_uri,
+        registry_uri=registry.registry_uri,
+    )
 
 
 class RegistryArmSource:
@@ -49,8 +55,10 @@ class RegistryArmSource:
                 continue
             challenger = self.registry.resolve(route, "challenger")
             routes[route] = RouteConfig(
-                champion=spec_for(champion),  # type: ignore[arg-type]
-                challenger=spec_for(challenger) if challenger else None,  # type: ignore[arg-type]
+                champion=spec_for(champion, self.registry),  # type: ignore[arg-type]
+                challenger=(
+                    spec_for(challenger, self.registry) if challenger else None  # type: ignore[arg-type]
+                ),
                 challenger_weight=self._weight if challenger else 0.0,
             )
         return routes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -12,11 +13,14 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi import FastAPI
+from mlflow import MlflowClient
 
+from registry.store import Registry
 from router.app import create_app
 from router.backends import FakeSpec
 from router.config import RouteConfig, Settings
 from tests.servers import ServerThread
+from tests.servers import mlflow_server as run_mlflow_server
 
 #: Postgres from DESIGN.md; CI sets CANARY_TEST_POSTGRES the same way. Tests fail (never
 #: skip) when it is unreachable.
@@ -86,3 +90,54 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- MLflow registries ------------------------------------------------------------------
+# A fresh MLflow sqlite database runs ~1.5 s of migrations, so one migrated database is
+# made per session and copied for each test (MLflow sees an up-to-date schema).
+
+MakeRegistry = Callable[[Path], Registry]
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite database with every migration applied."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_registry(migrated_db: Path) -> MakeRegistry:
+    """``make_registry(dir)``: a ``Registry`` on a new embedded store inside ``dir``."""
+
+    def make(root: Path) -> Registry:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_db, root / "mlflow.db")
+        return Registry(
+            f"sqlite:///{root / 'mlflow.db'}",
+            cache_dir=root / "cache",
+            artifact_root=root / "mlartifacts",
+        )
+
+    return make
+
+
+@pytest.fixture
+def registry(make_registry: MakeRegistry, tmp_path: Path) -> Registry:
+    """An empty registry on a temporary embedded sqlite store."""
+    return make_registry(tmp_path / "registry")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` for the session; its URL."""
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+@pytest.fixture
+def fast_http_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow retries HTTP for minutes by default; make an unreachable server fail fast."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field
@@ -23,6 +24,8 @@ class PyfuncSpec(SpecBase):
 
     backend: Literal["pyfunc"] = "pyfunc"
     model_uri: str = Field(description="models:/<name>/<version> or any MLflow model URI")
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
 
 
 class PyfuncBackend(Backend):
@@ -39,7 +42,13 @@ class PyfuncBackend(Backend):
         loop = asyncio.get_running_loop()
         try:
             self._predict = await loop.run_in_executor(
-                self._executor, load_chat_pyfunc, self.spec.model_uri
+                self._executor,
+                partial(
+                    load_chat_pyfunc,
+                    self.spec.model_uri,
+                    tracking_uri=self.spec.tracking_uri,
+                    registry_uri=self.spec.registry_uri,
+                ),
             )
         except Exception as exc:
             raise BackendError(f"could not load {self.spec.model_uri}: {exc}") from exc
