@@ -235,3 +235,65 @@ def test_bundled_models_answer_through_the_router(
             assert "###" not in text, (arm, text)
             row = httpx.get(f"{server.url}/v1/requests/{r.json()['id']}").json()
             assert row["model_name"] == "chat" and row["model_version"] in ("1", "2")
+
+
+def test_registered_params_reach_the_native_backends(registry: Registry, tmp_path: Path) -> None:
+    from registry.store import ResolvedVersion
+    from router.backends import LlamaCppSpec, OpenAISpec, PyfuncSpec
+    from router.registry_source import spec_for
+
+    gguf = ResolvedVersion(
+        route="chat",
+        alias="challenger",
+        version="7",
+        flavour="gguf",
+        params={
+            "n_gpu_layers": -1,
+            "n_ctx": 4096,
+            "chat_format": "alpaca",
+            "stop": ["###"],
+            "unknown_to_this_router": 1,
+        },
+        model_uri="models:/chat/7",
+        gguf_path=tmp_path / "m.gguf",
+    )
+    spec = spec_for(gguf, registry)
+    assert isinstance(spec, LlamaCppSpec)
+    assert (spec.n_gpu_layers, spec.n_ctx, spec.chat_format, spec.stop) == (
+        -1,
+        4096,
+        "alpaca",
+        ["###"],
+    )
+    assert (spec.name, spec.version, spec.gguf) == ("chat", "7", str(tmp_path / "m.gguf"))
+
+    remote = ResolvedVersion(
+        route="chat",
+        alias="champion",
+        version="3",
+        flavour="openai",
+        params={
+            "base_url": "http://e/v1",
+            "remote_model": "m",
+            "api_key_env": "KEY",
+            "temperature": 0.1,
+        },
+        model_uri="models:/chat/3",
+        gguf_path=None,
+    )
+    spec = spec_for(remote, registry)
+    assert isinstance(spec, OpenAISpec)
+    assert (spec.base_url, spec.api_key_env, spec.temperature) == ("http://e/v1", "KEY", 0.1)
+
+    other = ResolvedVersion(
+        route="chat",
+        alias="champion",
+        version="4",
+        flavour="pyfunc",
+        params={},
+        model_uri="models:/chat/4",
+        gguf_path=None,
+    )
+    spec = spec_for(other, registry)
+    assert isinstance(spec, PyfuncSpec)
+    assert (spec.model_uri, spec.tracking_uri) == ("models:/chat/4", registry.tracking_uri)
