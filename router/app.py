@@ -14,9 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from registry.bundled import resolve_gguf
 from router.api import errors
 from router.api.body_limit import BodyLimit
-from router.api.routes import chat, feedback, health, models
+from router.api.routes import chat, experiments, feedback, health, models, votes
 from router.completions import ChatService
 from router.config import Settings
+from router.evaluation.evaluator import Evaluator
 from router.inference_log.db import create_db_engine, migrate
 from router.inference_log.writer import LogWriter
 from router.metrics import Metrics
@@ -68,13 +69,19 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
             for arm, weight in route.weights.items():
                 metrics.traffic_weight.labels(route.name, arm).set(weight)
         service = ChatService(routes=routes, writer=writer, metrics=metrics, settings=settings)
+        registry = source.registry if isinstance(source, RegistryArmSource) else None
+        evaluator = Evaluator(engine=engine, routes=routes, registry=registry)
+        await evaluator.sync_routes()  # experiments already running set this process's splits
+        evaluating = asyncio.create_task(evaluator.run(settings.evaluation_interval_s))
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
         app.state.writer, app.state.routes, app.state.service = writer, routes, service
+        app.state.evaluator = evaluator
         log.info("router ready", extra={"routes": [r.name for r in routes]})
         try:
             yield
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
+            evaluating.cancel()
             if watcher is not None:
                 watcher.cancel()
             await service.close()
@@ -90,7 +97,7 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (chat, models, feedback, health):
+    for module in (chat, models, feedback, health, votes, experiments):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

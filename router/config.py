@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     challenger_weight: float = Field(
         default=10.0, ge=0, le=100, description="Percent of units for a registry @challenger."
     )
+    evaluation_interval_s: float = Field(
+        default=30.0, gt=0, description="How often running experiments are evaluated."
+    )
     allow_arm_override: bool = Field(default=False, description="Honour header X-Canary-Arm.")
     shadow_max_concurrency: int = Field(default=2, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)

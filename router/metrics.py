@@ -50,6 +50,9 @@ class Metrics:
         self.feedback = Counter(
             "canary_feedback", "Thumbs by arm and value.", ("route", "arm", "value"), registry=r
         )
+        self.votes = Counter(
+            "canary_votes", "Pairwise votes by outcome.", ("route", "outcome"), registry=r
+        )
         self.traffic_weight = Gauge(
             "canary_traffic_weight_ratio",
             "Share of units assigned to each arm.",

@@ -77,6 +77,39 @@ class FeedbackPublic(BaseModel):
     updated_at: datetime
 
 
+class VoteIn(BaseModel):
+    """``POST /v1/votes``: which of two answers of one route, from different arms, was better."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id_a: str = Field(min_length=1, max_length=64)
+    request_id_b: str = Field(min_length=1, max_length=64)
+    winner: Literal["a", "b", "tie", "both_bad"] = Field(
+        description="'a' or 'b': that answer was better; 'tie'; 'both_bad': neither was good."
+    )
+    user: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Who votes; default: the requests' unit when both share one.",
+    )
+
+
+class VotePublic(BaseModel):
+    """A stored vote, with the arms of both answers resolved."""
+
+    id: int
+    created_at: datetime
+    route: str
+    request_id_a: str
+    request_id_b: str
+    winner: Literal["a", "b", "tie", "both_bad"]
+    arm_a: Literal["champion", "challenger"]
+    arm_b: Literal["champion", "challenger"]
+    winner_arm: Literal["champion", "challenger", "tie", "both_bad"]
+    unit_id: str | None
+    battle_id: str | None
+
+
 class RequestPublic(BaseModel):
     """One inference-log row, as ``GET /v1/requests/{id}`` returns it."""
 
@@ -140,3 +173,22 @@ class WeightsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     challenger: float = Field(ge=0, le=100)
+
+
+class ExperimentIn(BaseModel):
+    """``POST /v1/experiments``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: str = Field(min_length=1, max_length=200)
+    stages: list[float] | None = Field(
+        default=None, min_length=1, description="Challenger percent per stage, e.g. [5, 25, 50]."
+    )
+    policy: dict[str, Any] | None = Field(default=None, description="Decision policy overrides.")
+
+    @field_validator("stages")
+    @classmethod
+    def _percentages(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not 0 < s <= 100 for s in v):
+            raise ValueError("every stage is a challenger percentage in (0, 100]")
+        return v

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
+from router.errors import Conflict
 from router.inference_log.db import insert
-from router.inference_log.models import Feedback, InferenceRecord, utcnow
+from router.inference_log.models import Feedback, InferenceRecord, Vote, utcnow
 
 FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
 LOG = InferenceRecord.__table__  # type: ignore[attr-defined]
+VOTES = Vote.__table__  # type: ignore[attr-defined]
 
 
 def get_request(engine: Engine, *, request_id: str) -> dict[str, Any] | None:
@@ -44,3 +47,44 @@ def upsert_feedback(
     ).returning(*FEEDBACK.c)
     with engine.begin() as conn:
         return dict(conn.execute(stmt).mappings().one())
+
+
+def get_requests_brief(engine: Engine, *, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``request_id -> {request_id, route, experiment_id, arm, unit_id}`` for the ids logged."""
+    columns = (LOG.c.request_id, LOG.c.route, LOG.c.experiment_id, LOG.c.arm, LOG.c.unit_id)
+    with engine.connect() as conn:
+        rows = conn.execute(select(*columns).where(LOG.c.request_id.in_(request_ids))).mappings()
+        return {row["request_id"]: dict(row) for row in rows}
+
+
+def insert_vote(
+    engine: Engine,
+    *,
+    route: str,
+    request_id_a: str,
+    request_id_b: str,
+    winner: str,
+    unit_id: str | None,
+    battle_id: str | None = None,
+) -> dict[str, Any]:
+    """Store one pairwise vote; a second vote for the same ``battle_id`` is a ``Conflict``."""
+    stmt = (
+        VOTES.insert()
+        .values(
+            created_at=utcnow(),
+            route=route,
+            request_id_a=request_id_a,
+            request_id_b=request_id_b,
+            winner=winner,
+            unit_id=unit_id,
+            battle_id=battle_id,
+        )
+        .returning(*VOTES.c)
+    )
+    try:
+        with engine.begin() as conn:
+            return dict(conn.execute(stmt).mappings().one())
+    except IntegrityError as exc:
+        if battle_id is None:
+            raise
+        raise Conflict(f"Battle {battle_id!r} already has a vote.", code="vote_exists") from exc

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -73,3 +81,64 @@ class Feedback(SQLModel, table=True):
     comment: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+#: ``Vote.winner`` values: the answer of ``request_id_a``, of ``request_id_b``, or neither.
+WINNERS = ("a", "b", "tie", "both_bad")
+
+
+class Vote(SQLModel, table=True):
+    """A blind side-by-side vote between two logged answers of one route.
+
+    Which arm won is not stored: the analysis joins ``request_id_a``/``request_id_b`` to
+    their rows' ``arm``, so a vote can never disagree with the log.
+    """
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        UniqueConstraint("battle_id", name="uq_votes_battle_id"),
+        CheckConstraint("winner IN ('a', 'b', 'tie', 'both_bad')", name="ck_votes_winner"),
+        Index("ix_votes_route_created", "route", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    route: str = Field(max_length=200)
+    request_id_a: str = Field(foreign_key="inference_log.request_id", max_length=64)
+    request_id_b: str = Field(foreign_key="inference_log.request_id", max_length=64)
+    winner: str = Field(max_length=8)
+    unit_id: str | None = Field(default=None, max_length=200)
+    battle_id: str | None = Field(default=None, max_length=64)
+
+
+# Indexes for the evaluator (migration 0002 creates them), each covering one of its
+# queries, so none reads the wide log rows with their prompts and answers:
+# - the per-unit GROUP BY, read in (arm, unit) order: no sort;
+# - the latency/TTFT samples: the first N request ids of the arm's successful requests,
+#   read off the index in order;
+# - the latest rating per request: a window over ratings already in that order;
+# - on Postgres, rated and voted requests looked up by id without visiting the heap
+#   (SQLite always takes its primary-key index for an id lookup, so it gets none).
+_log = InferenceRecord.__table__  # type: ignore[attr-defined]
+_feedback = Feedback.__table__  # type: ignore[attr-defined]
+Index(
+    "ix_inference_log_units",
+    *(_log.c[n] for n in ("route", "experiment_id", "arm", "unit_id", "status", "created_at")),
+)
+Index(
+    "ix_inference_log_samples",
+    *(_log.c[n] for n in ("route", "experiment_id", "arm", "status", "request_id")),
+    *(_log.c[n] for n in ("latency_ms", "stream", "ttft_ms", "created_at")),
+)
+Index(
+    "ix_inference_log_lookup",
+    _log.c.request_id,
+    postgresql_include=["route", "experiment_id", "arm", "status", "unit_id", "created_at"],
+).ddl_if(dialect="postgresql")
+Index(
+    "ix_feedback_latest",
+    _feedback.c.request_id,
+    _feedback.c.updated_at.desc(),
+    _feedback.c.id.desc(),
+    _feedback.c.value,
+)

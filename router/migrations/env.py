@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import router.inference_log.models  # noqa: F401  (registers the tables on the metadata)
+import router.evaluation.models
+import router.inference_log.models  # noqa: F401
 
 target_metadata = SQLModel.metadata
 config = context.config

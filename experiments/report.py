@@ -1,0 +1,335 @@
+"""Self-contained HTML promotion report: inline CSS, plots as base64 PNG, the JSON analysis.
+
+Entry point: :func:`render_html`. :func:`report_input` builds its input from an
+:class:`~experiments.analysis.Analysis`. The input dict (all keys optional except
+``analysis``; unknown keys are ignored):
+
+* ``analysis`` — :meth:`Analysis.to_dict` (the experiment API's JSON).
+* ``title``, ``route``, ``experiment_id``, ``champion_version``, ``challenger_version``,
+  ``status``, ``stage`` (0-based index), ``generated_at`` — header fields (str or number).
+* ``timeline`` — list of ``{"time": ISO-8601 str or number, "arm": "champion"|"challenger",
+  "ups": int, "rated": int}`` buckets; plotted as the cumulative thumbs-up rate per arm with
+  its 95% Wilson band.
+* ``latency_ms`` / ``ttft_ms`` — ``{"champion": [ms, ...], "challenger": [ms, ...]}`` samples.
+* ``bradley_terry_ci`` — ``{"champion": [lo, hi], "challenger": [lo, hi]}``.
+* ``traffic`` — list of ``{"stage": int, "challenger_percent": float, "champion": int,
+  "challenger": int, "started_at": str}`` (requests per arm in each stage).
+* ``srm_detail`` — ``{"observed": {arm: n}, "expected": {arm: x}}``.
+* ``policy`` — :meth:`Policy.to_dict`; ``decisions`` — earlier ``{"time", "action", "reasons"}``.
+
+Plots use matplotlib's object API (``Figure``, Agg canvas): no pyplot global state, safe in
+a server thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from experiments.analysis import Analysis
+
+__all__ = ["render_html", "report_input"]
+
+COLOURS = {"champion": "#4c72b0", "challenger": "#dd8452"}
+ACTION_COLOURS = {
+    "promote": "#2e7d32",
+    "advance": "#1565c0",
+    "continue": "#616161",
+    "rollback": "#c62828",
+    "halt": "#6a1b9a",
+}
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;
+color:#1f2328;line-height:1.45}
+main{max-width:1080px;margin:0 auto;padding:24px}
+header h1{margin:0 0 4px;font-size:1.7em} header p{margin:0;color:#57606a}
+.badge{display:inline-block;padding:6px 14px;border-radius:999px;color:#fff;font-weight:600;
+text-transform:uppercase;letter-spacing:.04em}
+section{background:#fff;border:1px solid #d0d7de;border-radius:10px;padding:16px 20px;margin:18px 0}
+h2{font-size:1.2em;margin:0 0 10px}
+table{border-collapse:collapse;width:100%;font-size:.95em}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #eaeef2}
+th{color:#57606a;font-weight:600} td.num{font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto} .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}
+pre{background:#f6f8fa;padding:12px;border-radius:6px;overflow:auto;font-size:.85em}
+ul.reasons li{margin:4px 0} .muted{color:#57606a}
+"""
+
+
+def _fmt(value: Any, kind: str = "num") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if kind == "pct":
+        return f"{100 * float(value):.1f}%"
+    if kind == "pts":
+        return f"{100 * float(value):+.1f} pts"
+    if kind == "p":
+        return f"{float(value):.3g}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return html.escape(str(value))
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _time(value: Any) -> float | datetime:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return float(value)
+    return float(value)
+
+
+def _timeline_plot(timeline: Sequence[Mapping[str, Any]]) -> str:
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.add_subplot()
+    for arm, colour in COLOURS.items():
+        rows = sorted((r for r in timeline if r.get("arm") == arm), key=lambda r: _time(r["time"]))
+        if not rows:
+            continue
+        ups = np.cumsum([float(r["ups"]) for r in rows])
+        n = np.cumsum([float(r["rated"]) for r in rows])
+        keep = n > 0
+        times = [_time(r["time"]) for r, k in zip(rows, keep, strict=True) if k]
+        ups, n = ups[keep], n[keep]
+        if not times:
+            continue
+        p, z = ups / n, 1.96  # Wilson score band, cumulative
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        ax.plot(times, p, color=colour, label=arm)  # type: ignore[arg-type]
+        ax.fill_between(times, centre - half, centre + half, color=colour, alpha=0.2)  # type: ignore[arg-type]
+    ax.set_ylabel("thumbs-up rate (cumulative)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _distribution_plot(samples: Mapping[str, Sequence[float]], label: str) -> str:
+    fig = Figure(figsize=(4.8, 3.2))
+    ax = fig.add_subplot()
+    values = [np.asarray(samples.get(arm, ()), dtype=np.float64) for arm in COLOURS]
+    positive = np.concatenate([v[v > 0] for v in values]) if values else np.array([])
+    if positive.size:
+        bins = np.geomspace(positive.min(), positive.max() * 1.0001, 40).tolist()
+        for (arm, colour), v in zip(COLOURS.items(), values, strict=True):
+            if v.size:
+                ax.hist(v[v > 0], bins=bins, color=colour, alpha=0.5, label=arm, density=True)
+                ax.axvline(float(np.percentile(v, 95)), color=colour, linestyle="--", lw=1)
+        ax.set_xscale("log")
+        ax.legend()
+    ax.set_xlabel(f"{label} (ms, log scale; dashed: p95)")
+    ax.set_yticks([])
+    return _png(fig)
+
+
+def _votes_plot(votes: Mapping[str, Any], ci: Mapping[str, Sequence[float]] | None) -> str:
+    fig = Figure(figsize=(9, 3))
+    left, right = fig.subplots(1, 2)
+    names = ["challenger_wins", "champion_wins", "ties", "both_bad"]
+    counts = [int(votes.get(k) or 0) for k in names]
+    left.barh(
+        [n.replace("_", " ") for n in names], counts, color=["#dd8452", "#4c72b0", "#999", "#bbb"]
+    )
+    left.set_xlabel("votes")
+    ratings = votes.get("bradley_terry") or {}
+    arms = [a for a in COLOURS if ratings.get(a) is not None]
+    for i, arm in enumerate(arms):
+        r = float(ratings[arm])
+        err = None
+        if ci and arm in ci:
+            err = [[r - float(ci[arm][0])], [float(ci[arm][1]) - r]]
+        right.errorbar([r], [i], xerr=err, fmt="o", color=COLOURS[arm], capsize=5)
+    right.set_yticks(range(len(arms)), arms)
+    right.set_ylim(-0.7, len(arms) - 0.3)
+    right.axvline(1000, color="#999", lw=1)
+    right.set_xlabel("Bradley-Terry rating (95% bootstrap CI)")
+    return _png(fig)
+
+
+def _bars_plot(labels: list[str], series: Mapping[str, list[float]], ylabel: str) -> str:
+    fig = Figure(figsize=(4.8, 3.2))
+    ax = fig.add_subplot()
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + i * width, values, width, label=name, color=COLOURS.get(name, "#999"))
+    ax.set_xticks(x + width * (len(series) - 1) / 2, labels)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _png(fig)
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> str:
+    rows = []
+    for key, title in (("thumbs_up_rate", "Thumbs-up rate"), ("error_rate", "Error rate")):
+        m = metrics.get(key) or {}
+        ci = m.get("ci") or [None, None]
+        rows.append(
+            f"<tr><td>{title}</td><td class=num>{_fmt(m.get('champion'), 'pct')}</td>"
+            f"<td class=num>{_fmt(m.get('challenger'), 'pct')}</td>"
+            f"<td class=num>{_fmt(m.get('difference'), 'pts')} "
+            f"<span class=muted>[{_fmt(ci[0], 'pts')}, {_fmt(ci[1], 'pts')}]</span></td>"
+            f"<td class=num>{_fmt(m.get('p_value'), 'p')}</td>"
+            f"<td class=num>{_fmt(m.get('p_value_sequential'), 'p')}</td></tr>"
+        )
+    head = (
+        "<tr><th>metric</th><th>champion</th><th>challenger</th><th>difference [95% CI]</th>"
+        "<th>p (fixed)</th><th>p (always valid)</th></tr>"
+    )
+    table = f"<table>{head}{''.join(rows)}</table>"
+    lat_rows = "".join(
+        f"<tr><td>{title}</td><td class=num>{_fmt((metrics.get(k) or {}).get('p95_ratio'))}</td>"
+        f"<td class=num>{_fmt((metrics.get(k) or {}).get('hodges_lehmann_ms'))}</td>"
+        f"<td class=num>{_fmt((metrics.get(k) or {}).get('mann_whitney_p'), 'p')}</td></tr>"
+        for k, title in (("latency", "Latency"), ("ttft", "Time to first token"))
+    )
+    lat_head = "<tr><th></th><th>p95 ratio</th><th>shift (ms, HL)</th><th>Mann-Whitney p</th></tr>"
+    return table + f"<table style='margin-top:12px'>{lat_head}{lat_rows}</table>"
+
+
+def _arms_table(arms: Mapping[str, Any]) -> str:
+    keys = ["requests", "errors", "thumbs_up", "thumbs_down", "votes"]
+    keys += ["latency_p50_ms", "latency_p95_ms"]
+    head = "<tr><th></th>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{arm}</td>"
+        + "".join(f"<td class=num>{_fmt((arms.get(arm) or {}).get(k))}</td>" for k in keys)
+        + "</tr>"
+        for arm in COLOURS
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def _section(title: str, content: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{content}</section>"
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The whole report as one HTML document (keys of ``report`` in the module docstring)."""
+    analysis = report.get("analysis") or {}
+    decision = analysis.get("decision") or {}
+    action = str(decision.get("action", "unknown"))
+    title = report.get("title") or f"Canary report: {report.get('route', 'experiment')}"
+    sub = " · ".join(
+        f"{label} {_fmt(report[key])}"
+        for key, label in (
+            ("experiment_id", "experiment"),
+            ("champion_version", "champion v"),
+            ("challenger_version", "challenger v"),
+            ("status", "status"),
+            ("generated_at", "generated"),
+        )
+        if report.get(key) is not None
+    )
+    reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in decision.get("reasons") or [])
+    colour = ACTION_COLOURS.get(action, "#616161")
+    parts = [
+        f"<header><h1>{html.escape(str(title))}</h1><p>{sub}</p></header>",
+        f"<section><h2>Decision</h2><span class=badge style='background:{colour}'>"
+        f"{html.escape(action)}</span><ul class=reasons>{reasons}</ul></section>",
+        f"<section><h2>Arms</h2>{_arms_table(analysis.get('arms') or {})}</section>",
+        f"<section><h2>Metrics</h2>{_metric_rows(analysis.get('metrics') or {})}</section>",
+    ]
+    if report.get("timeline"):
+        parts.append(_section("Thumbs-up rate over time", _timeline_plot(report["timeline"])))
+    plots = [
+        _distribution_plot(report[key], label)
+        for key, label in (("latency_ms", "latency"), ("ttft_ms", "time to first token"))
+        if any(len(v) for v in (report.get(key) or {}).values())
+    ]
+    if plots:
+        parts.append(f"<section><h2>Latency</h2><div class=grid>{''.join(plots)}</div></section>")
+    votes = (analysis.get("metrics") or {}).get("votes") or {}
+    parts.append(
+        f"<section><h2>Votes and Bradley-Terry ratings</h2>"
+        f"{_votes_plot(votes, report.get('bradley_terry_ci'))}</section>"
+    )
+    grid = []
+    traffic = report.get("traffic") or []
+    if traffic:
+        labels = [f"{s.get('stage')}: {float(s.get('challenger_percent', 0)):g}%" for s in traffic]
+        series = {arm: [float(s.get(arm) or 0) for s in traffic] for arm in COLOURS}
+        grid.append(_bars_plot(labels, series, "requests"))
+    srm = analysis.get("srm") or {}
+    detail = report.get("srm_detail") or {}
+    if detail.get("observed") and detail.get("expected"):
+        obs, exp = detail["observed"], detail["expected"]
+        grid.append(
+            _bars_plot(
+                list(COLOURS),
+                {
+                    "observed": [float(obs.get(a, 0)) for a in COLOURS],
+                    "expected": [float(exp.get(a, 0)) for a in COLOURS],
+                },
+                "units",
+            )
+        )
+    verdict = (
+        "<b>MISMATCH</b>: assignment or logging is broken" if srm.get("mismatch") else "no mismatch"
+    )
+    srm_text = (
+        f"<p>Sample ratio mismatch test: p = {_fmt(srm.get('p_value'), 'p')} — {verdict}.</p>"
+    )
+    parts.append(
+        _section("Traffic and sample ratio", f"{srm_text}<div class=grid>{''.join(grid)}</div>")
+    )
+    history = report.get("decisions") or []
+    if history:
+        rows = "".join(
+            f"<tr><td>{_fmt(d.get('time'))}</td><td>{_fmt(d.get('action'))}</td>"
+            f"<td>{html.escape('; '.join(map(str, d.get('reasons') or [])))}</td></tr>"
+            for d in history
+        )
+        parts.append(f"<section><h2>Decision history</h2><table>{rows}</table></section>")
+    if report.get("policy"):
+        policy_json = html.escape(json.dumps(report["policy"], indent=2))
+        parts.append(f"<section><h2>Policy</h2><pre>{policy_json}</pre></section>")
+    analysis_json = html.escape(json.dumps(analysis, indent=2, allow_nan=False))
+    parts.append(f"<section><h2>Analysis (JSON)</h2><pre>{analysis_json}</pre></section>")
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{html.escape(str(title))}</title>"
+        f"<style>{CSS}</style></head><body><main>{body}</main></body></html>"
+    )
+
+
+def report_input(analysis: Analysis, **extra: Any) -> dict[str, Any]:
+    """``render_html`` input from an :class:`Analysis`; ``extra`` adds header, timeline, traffic."""
+    report: dict[str, Any] = {
+        "analysis": analysis.to_dict(),
+        "latency_ms": {
+            "champion": list(analysis.champion.latency_ms),
+            "challenger": list(analysis.challenger.latency_ms),
+        },
+        "ttft_ms": {
+            "champion": list(analysis.champion.ttft_ms),
+            "challenger": list(analysis.challenger.ttft_ms),
+        },
+        "srm_detail": {"observed": analysis.srm.observed, "expected": analysis.srm.expected},
+    }
+    if analysis.votes.bradley_terry_ci:
+        report["bradley_terry_ci"] = {
+            a: list(v) for a, v in analysis.votes.bradley_terry_ci.items()
+        }
+    report.update(extra)
+    return report

@@ -1,0 +1,88 @@
+"""Canary experiments: start, inspect, evaluate, and act on them (mutations are admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from router.api.deps import AdminDep, EngineDep, RoutesDep
+from router.errors import NotFound
+from router.evaluation import store
+from router.evaluation.evaluator import Evaluator
+from router.schemas import ExperimentIn
+
+router = APIRouter(tags=["experiments"])
+
+
+async def _evaluator(request: Request) -> Evaluator:
+    return request.app.state.evaluator
+
+
+EvaluatorDep = Annotated[Evaluator, Depends(_evaluator)]
+
+
+async def _experiment(experiment_id: str, engine: EngineDep) -> dict[str, Any]:
+    exp = await run_in_threadpool(store.get_experiment, engine, experiment_id=experiment_id)
+    if exp is None:
+        raise NotFound(f"No experiment {experiment_id!r}.", code="experiment_not_found")
+    return exp
+
+
+def _public(exp: dict[str, Any], routes: RoutesDep) -> dict[str, Any]:
+    weight = exp["stages"][exp["stage_index"]] / 100 if exp["status"] == "running" else 0.0
+    return {
+        **exp,
+        "stage": exp["stage_index"] + 1,
+        "weights": {"champion": 1 - weight, "challenger": weight},
+    }
+
+
+@router.post("/v1/experiments", status_code=201, dependencies=[AdminDep])
+async def start_experiment(
+    body: ExperimentIn, evaluator: EvaluatorDep, routes: RoutesDep
+) -> dict[str, Any]:
+    """Start a canary on a route: 409 if one is running there, 400 without a challenger."""
+    exp = await evaluator.start(route=body.route, stages=body.stages, policy=body.policy)
+    return _public(exp, routes)
+
+
+@router.get("/v1/experiments")
+async def list_experiments(engine: EngineDep, routes: RoutesDep) -> list[dict[str, Any]]:
+    """Every experiment, newest first."""
+    rows = await run_in_threadpool(store.list_experiments, engine)
+    return [_public(e, routes) for e in rows]
+
+
+@router.get("/v1/experiments/{experiment_id}")
+async def get_experiment(
+    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep, routes: RoutesDep
+) -> dict[str, Any]:
+    """The experiment with a fresh analysis and the decision the policy would take now."""
+    exp = await _experiment(experiment_id, engine)
+    analysis = await run_in_threadpool(evaluator.analysis, exp)
+    return {**_public(exp, routes), "analysis": analysis}
+
+
+@router.get("/v1/experiments/{experiment_id}/decisions")
+async def list_decisions(experiment_id: str, engine: EngineDep) -> list[dict[str, Any]]:
+    """Every decision taken on the experiment, oldest first, with its analysis."""
+    await _experiment(experiment_id, engine)
+    return await run_in_threadpool(store.list_decisions, engine, experiment_id=experiment_id)
+
+
+@router.post("/v1/experiments/{experiment_id}/evaluate", dependencies=[AdminDep])
+async def evaluate(experiment_id: str, evaluator: EvaluatorDep) -> dict[str, Any]:
+    """Evaluate now; in auto mode the decision is acted on, in manual mode recommended."""
+    return await evaluator.evaluate(experiment_id, actor="api")
+
+
+@router.post("/v1/experiments/{experiment_id}/{action}", dependencies=[AdminDep])
+async def act(
+    experiment_id: str,
+    action: Literal["promote", "rollback", "pause", "resume"],
+    evaluator: EvaluatorDep,
+) -> dict[str, Any]:
+    """Promote (alias swap), roll back, pause or resume, whatever the policy says."""
+    return await evaluator.force(experiment_id, action, actor="api")

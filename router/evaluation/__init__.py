@@ -1,0 +1,1 @@
+"""The evaluator's side of the database: sufficient statistics aggregated in SQL."""

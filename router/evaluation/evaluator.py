@@ -1,0 +1,198 @@
+"""The evaluator: aggregates an experiment in SQL, runs the policy, records and acts.
+
+Acting means new stage weights (advance), an alias swap in the registry (promote), or
+challenger weight 0 and ``@challenger`` removed (rollback); ``halt`` stops traffic to the
+challenger and alerts. Manual mode (``policy.auto`` false) only recommends. Experiment
+state lives in the database; every router process applies it to its routes on each tick
+(``sync_routes``), so replicas agree, and one process at a time acts
+(``store.transition``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+
+from experiments.analysis import analyse
+from experiments.policy import Policy
+from router.assignment import BUCKETS
+from router.errors import Conflict, InvalidRequest, NotFound
+from router.evaluation import store
+from router.evaluation.aggregate import aggregate
+from router.evaluation.models import HALTED, LIVE, PAUSED, PROMOTED, ROLLED_BACK, RUNNING
+from router.inference_log.models import utcnow
+from router.routes_table import RouteTable
+
+if TYPE_CHECKING:
+    from registry.store import Registry
+
+log = logging.getLogger(__name__)
+
+#: Final status an acted decision leaves the experiment in.
+_ENDS = {"promote": PROMOTED, "rollback": ROLLED_BACK, "halt": HALTED}
+
+
+class Evaluator:
+    def __init__(
+        self, *, engine: Engine, routes: RouteTable, registry: Registry | None = None
+    ) -> None:
+        self._engine = engine
+        self._routes = routes
+        self._registry = registry
+
+    # -- experiments ----------------------------------------------------------------------
+    async def start(
+        self, *, route: str, stages: list[float] | None, policy: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Start a canary on ``route`` at its first stage (409 if one is live)."""
+        r = self._routes.get(route)
+        if r.challenger is None:
+            raise InvalidRequest(f"Route {route!r} has no challenger to experiment with.")
+        p = Policy.from_dict({**(policy or {}), **({"stages": stages} if stages else {})})
+        row = await asyncio.to_thread(
+            store.create_experiment,
+            self._engine,
+            route=route,
+            stages=list(p.stages),
+            policy=p.to_dict(),
+            champion_version=r.champion.version,
+            challenger_version=r.challenger.version,
+        )
+        if row is None:
+            raise Conflict(f"An experiment is already running on route {route!r}.")
+        await self.sync_routes()
+        return row
+
+    async def evaluate(self, experiment_id: str, *, actor: str) -> dict[str, Any]:
+        """Analyse now and record the decision; act on it when the policy is automatic."""
+        decision = await asyncio.to_thread(self._evaluate, experiment_id, actor)
+        await self.sync_routes()
+        return decision
+
+    async def force(self, experiment_id: str, action: str, *, actor: str) -> dict[str, Any]:
+        """An operator's action: promote, rollback, pause or resume."""
+        decision = await asyncio.to_thread(self._force, experiment_id, action, actor)
+        await self.sync_routes()
+        return decision
+
+    async def run(self, interval_s: float) -> None:
+        """Evaluate every running experiment whose policy is automatic, forever."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync_routes()
+                for exp in await asyncio.to_thread(
+                    store.list_experiments, self._engine, live_only=True
+                ):
+                    if exp["status"] == RUNNING and Policy.from_dict(exp["policy"]).auto:
+                        await self.evaluate(exp["id"], actor="canary-evaluator")
+            except Exception:
+                log.exception("evaluation round failed; retrying next interval")
+
+    async def sync_routes(self) -> None:
+        """Apply the live experiments' state (id, salt, stage weight) to this process."""
+        live = await asyncio.to_thread(store.list_experiments, self._engine, live_only=True)
+        by_route = {e["route"]: e for e in live}
+        for route in self._routes:
+            exp = by_route.get(route.name)
+            if exp is None:
+                if route.experiment_id is not None:  # ended here or in another process
+                    route.experiment_id, route.challenger_bps = None, 0
+                continue
+            weight = exp["stages"][exp["stage_index"]] if exp["status"] == RUNNING else 0.0
+            route.experiment_id = route.salt = exp["id"]  # a fresh split per experiment
+            route.challenger_bps = round(weight * BUCKETS / 100)
+
+    # -- in a worker thread -------------------------------------------------------------
+    def analysis(
+        self, exp: dict[str, Any], history: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The experiment's analysis now (SQL aggregates, then the statistics); no action.
+
+        ``history`` is the sequential state of the last evaluation: the always-valid
+        p-values keep their running minimum across looks. SRM and the per-stage minimums
+        count units since the current stage began (earlier stages had other weights).
+        """
+        route, exp_id = exp["route"], exp["id"]
+        arms, votes = aggregate(self._engine, route=route, experiment_id=exp_id)
+        stage_arms, _ = aggregate(
+            self._engine, route=route, experiment_id=exp_id, since=exp["stage_started_at"]
+        )
+        weight = exp["stages"][exp["stage_index"]] / 100
+        analysis = analyse(
+            arms["champion"],
+            arms["challenger"],
+            votes,
+            {"champion": 1 - weight, "challenger": weight},
+            Policy.from_dict(exp["policy"]),
+            exp["stage_index"],
+            (history or {}).get("sequential_state"),
+            stage_units={arm: stats.units for arm, stats in stage_arms.items()},
+        )
+        return {**analysis.to_dict(), "sequential_state": analysis.sequential_state()}
+
+    def _evaluate(self, experiment_id: str, actor: str) -> dict[str, Any]:
+        with store.transition(self._engine, experiment_id=experiment_id) as (conn, exp):
+            exp = self._live(exp, experiment_id)
+            result = self.analysis(exp, store.latest_analysis(conn, experiment_id=exp["id"]))
+            action, reasons = result["decision"]["action"], result["decision"]["reasons"]
+            auto = Policy.from_dict(exp["policy"]).auto
+            acted = auto and exp["status"] == RUNNING and action != "continue"
+            if acted:
+                self._apply(conn, exp, action, actor, "; ".join(reasons))
+            return store.record_decision(
+                conn,
+                experiment_id=exp["id"],
+                action=action,
+                reasons=reasons,
+                analysis=result,
+                stage_index=exp["stage_index"],
+                acted=acted,
+                actor=actor,
+            )
+
+    def _force(self, experiment_id: str, action: str, actor: str) -> dict[str, Any]:
+        with store.transition(self._engine, experiment_id=experiment_id) as (conn, exp):
+            exp = self._live(exp, experiment_id)
+            if action in ("pause", "resume"):
+                status = PAUSED if action == "pause" else RUNNING
+                store.update_experiment(conn, experiment_id=exp["id"], status=status)
+            else:
+                self._apply(conn, exp, action, actor, f"{action} by {actor}")
+            return store.record_decision(
+                conn,
+                experiment_id=exp["id"],
+                action=action,
+                reasons=[f"manual {action} by {actor}"],
+                analysis={},
+                stage_index=exp["stage_index"],
+                acted=True,
+                actor=actor,
+            )
+
+    def _live(self, exp: dict[str, Any] | None, experiment_id: str) -> dict[str, Any]:
+        if exp is None:
+            raise NotFound(f"No experiment {experiment_id!r}.", code="experiment_not_found")
+        if exp["status"] not in LIVE:
+            raise Conflict(f"Experiment {experiment_id!r} has ended ({exp['status']}).")
+        return exp
+
+    def _apply(self, conn: Any, exp: dict[str, Any], action: str, actor: str, reason: str) -> None:
+        if action == "advance":
+            last = len(exp["stages"]) - 1
+            store.update_experiment(
+                conn,
+                experiment_id=exp["id"],
+                stage_index=min(exp["stage_index"] + 1, last),
+                stage_started_at=utcnow(),
+            )
+            return
+        if action not in _ENDS:
+            raise InvalidRequest(f"Unknown action {action!r}.")
+        if self._registry is not None and action in ("promote", "rollback"):
+            move = self._registry.promote if action == "promote" else self._registry.rollback
+            move(exp["route"], actor=actor, reason=reason, decision_id=exp["id"])
+        store.update_experiment(conn, experiment_id=exp["id"], status=_ENDS[action])

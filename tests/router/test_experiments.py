@@ -1,0 +1,201 @@
+"""Experiments end to end: the evaluator reads the log, decides, and moves MLflow aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from registry.store import Registry
+from router.backends import FakeSpec
+from router.backends.fake_server import create_fake_openai_app
+from router.config import Settings
+from router.registry_source import RegistryArmSource
+from tests.servers import serve
+
+TOKEN = "test-admin-token"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}
+# The fake engines answer in a millisecond or two, so their latency ratio is noise: a
+# p95 bound of 1.5 would block decisions at random. These tests are about thumbs.
+POLICY = {
+    "auto": True,
+    "min_units": 40,
+    "min_rated": 40,
+    "max_latency_p95_ratio": 100.0,
+    "max_ttft_p95_ratio": 100.0,
+}
+
+
+@pytest.fixture
+def engines() -> Iterator[tuple[str, str]]:
+    with (
+        serve(create_fake_openai_app(FakeSpec(name="champ", text="champion answer"))) as a,
+        serve(create_fake_openai_app(FakeSpec(name="chall", text="challenger answer"))) as b,
+    ):
+        yield f"{a.url}/v1", f"{b.url}/v1"
+
+
+@pytest.fixture
+def versions(registry: Registry, engines: tuple[str, str]) -> tuple[str, str]:
+    v1 = registry.register_endpoint(
+        "chat", base_url=engines[0], remote_model="m", params={}, alias="champion"
+    )
+    v2 = registry.register_endpoint(
+        "chat", base_url=engines[1], remote_model="m", params={}, alias="challenger"
+    )
+    return v1, v2
+
+
+def _running(
+    registry: Registry, make_settings: Callable[..., Settings], run_router: Any, **settings: Any
+) -> Any:
+    source = RegistryArmSource(registry, challenger_weight=10)
+    cfg = make_settings(
+        routes={}, admin_token=TOKEN, registry_poll_s=0.2, evaluation_interval_s=3600, **settings
+    )
+    return run_router(cfg, arm_source=source)
+
+
+def _traffic(http: httpx.Client, n: int, up_share: dict[str, float]) -> dict[str, int]:
+    """n units, one request and one thumb each; an arm's thumbs are up ``up_share`` of the time."""
+    seen = {"champion": 0, "challenger": 0}
+    for i in range(n):
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "chat",
+                "user": f"unit-{i}",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        arm = r.headers["x-canary-arm"]
+        up = (seen[arm] % 10) < up_share[arm] * 10
+        seen[arm] += 1
+        thumb = http.post(
+            "/v1/feedback", json={"request_id": r.json()["id"], "value": "up" if up else "down"}
+        )
+        assert thumb.status_code == 200
+    return seen
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_better_challenger_is_promoted_and_aliases_move(
+    database: str,
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url") if database == "postgres" else None
+    v1, v2 = versions
+    with (
+        _running(registry, make_settings, run_router, database_url=url) as (server, _),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        started = http.post(
+            "/v1/experiments",
+            json={"route": "chat", "stages": [50], "policy": POLICY},
+            headers=ADMIN,
+        )
+        assert started.status_code == 201, started.text
+        exp = started.json()
+        assert (exp["champion_version"], exp["challenger_version"], exp["status"]) == (
+            v1,
+            v2,
+            "running",
+        )
+        assert exp["weights"] == {"champion": 0.5, "challenger": 0.5}
+        assert (
+            http.post("/v1/experiments", json={"route": "chat"}, headers=ADMIN).status_code == 409
+        )
+
+        seen = _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        assert min(seen.values()) > 80  # the experiment's 50/50 split is live
+
+        detail = http.get(f"/v1/experiments/{exp['id']}").json()
+        analysis = detail["analysis"]
+        assert (
+            analysis["arms"]["challenger"]["thumbs_up"] > analysis["arms"]["champion"]["thumbs_up"]
+        )
+        rate = analysis["metrics"]["thumbs_up_rate"]
+        assert rate["difference"] > 0.4 and rate["p_value"] < 0.001
+        assert analysis["srm"]["mismatch"] is False
+
+        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        assert (decision["action"], decision["acted"]) == ("promote", True), decision["reasons"]
+        assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "promoted"
+    champion = registry.resolve("chat", "champion")
+    previous = registry.resolve("chat", "previous")
+    assert champion is not None and champion.version == v2
+    assert previous is not None and previous.version == v1
+    assert registry.resolve("chat", "challenger") is None
+    tags = registry.client.get_model_version("chat", v2).tags
+    assert tags["canary.decision_id"] == exp["id"]
+
+
+def test_worse_challenger_is_rolled_back(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+) -> None:
+    v1, v2 = versions
+    with (
+        _running(registry, make_settings, run_router) as (server, app),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        exp = http.post(
+            "/v1/experiments",
+            json={"route": "chat", "stages": [50], "policy": POLICY},
+            headers=ADMIN,
+        ).json()
+        _traffic(http, 240, {"champion": 0.9, "challenger": 0.2})
+        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        assert (decision["action"], decision["acted"]) == ("rollback", True)
+        assert app.state.routes.get("chat").challenger_bps == 0  # no more traffic to it
+        history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
+        assert [d["action"] for d in history] == ["rollback"]
+    assert registry.resolve("chat", "challenger") is None
+    assert registry.resolve("chat", "champion").version == v1  # type: ignore[union-attr]
+    assert registry.client.get_model_version("chat", v2).tags["canary.status"] == "rejected"
+
+
+def test_manual_policy_only_recommends_and_admin_is_required(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+) -> None:
+    with (
+        _running(registry, make_settings, run_router) as (server, _),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        body = {"route": "chat", "stages": [50], "policy": {**POLICY, "auto": False}}
+        assert http.post("/v1/experiments", json=body).status_code == 401
+        assert (
+            http.post(
+                "/v1/experiments", json=body, headers={"authorization": "Bearer x"}
+            ).status_code
+            == 403
+        )
+        assert (
+            http.post("/v1/experiments", json={"route": "nope"}, headers=ADMIN).status_code == 404
+        )
+        bad = http.post("/v1/experiments", json={"route": "chat", "stages": [0]}, headers=ADMIN)
+        assert bad.status_code == 422
+        exp = http.post("/v1/experiments", json=body, headers=ADMIN).json()
+        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        assert (decision["action"], decision["acted"]) == ("promote", False)
+        assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "running"
+        paused = http.post(f"/v1/experiments/{exp['id']}/pause", headers=ADMIN)
+        assert paused.status_code == 200
+        assert http.get(f"/v1/experiments/{exp['id']}").json()["weights"]["challenger"] == 0
+        assert http.post(f"/v1/experiments/{exp['id']}/rollback", headers=ADMIN).status_code == 200
+        ended = http.post(f"/v1/experiments/{exp['id']}/resume", headers=ADMIN)
+        assert ended.status_code == 409
+    assert registry.resolve("chat", "challenger") is None
