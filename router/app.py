@@ -18,6 +18,7 @@ from router.api.routes import chat, experiments, feedback, health, models, votes
 from router.completions import ChatService
 from router.config import Settings
 from router.evaluation.evaluator import Evaluator
+from router.evaluation.webhook import Webhook
 from router.inference_log.db import create_db_engine, migrate
 from router.inference_log.writer import LogWriter
 from router.metrics import Metrics
@@ -70,7 +71,8 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
                 metrics.traffic_weight.labels(route.name, arm).set(weight)
         service = ChatService(routes=routes, writer=writer, metrics=metrics, settings=settings)
         registry = source.registry if isinstance(source, RegistryArmSource) else None
-        evaluator = Evaluator(engine=engine, routes=routes, registry=registry)
+        webhook = Webhook(settings.webhook_url) if settings.webhook_url else None
+        evaluator = Evaluator(engine=engine, routes=routes, registry=registry, webhook=webhook)
         await evaluator.sync_routes()  # experiments already running set this process's splits
         evaluating = asyncio.create_task(evaluator.run(settings.evaluation_interval_s))
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
@@ -82,6 +84,8 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
             evaluating.cancel()
+            if webhook is not None:
+                await webhook.aclose()
             if watcher is not None:
                 watcher.cancel()
             await service.close()

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     evaluation_interval_s: float = Field(
         default=30.0, gt=0, description="How often running experiments are evaluated."
     )
+    webhook_url: str | None = Field(
+        default=None, description="Slack-compatible webhook that hears every decision."
+    )
     allow_arm_override: bool = Field(default=False, description="Honour header X-Canary-Arm.")
     shadow_max_concurrency: int = Field(default=2, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)

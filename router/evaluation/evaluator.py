@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from experiments.analysis import analyse
+from experiments.analysis import Analysis, analyse
 from experiments.policy import Policy
+from experiments.report import report_input
 from router.assignment import BUCKETS
 from router.errors import Conflict, InvalidRequest, NotFound
 from router.evaluation import store
-from router.evaluation.aggregate import aggregate
+from router.evaluation.aggregate import aggregate, timeline
 from router.evaluation.models import HALTED, LIVE, PAUSED, PROMOTED, ROLLED_BACK, RUNNING
+from router.evaluation.webhook import Webhook
 from router.inference_log.models import utcnow
 from router.routes_table import RouteTable
 
@@ -37,11 +39,17 @@ _ENDS = {"promote": PROMOTED, "rollback": ROLLED_BACK, "halt": HALTED}
 
 class Evaluator:
     def __init__(
-        self, *, engine: Engine, routes: RouteTable, registry: Registry | None = None
+        self,
+        *,
+        engine: Engine,
+        routes: RouteTable,
+        registry: Registry | None = None,
+        webhook: Webhook | None = None,
     ) -> None:
         self._engine = engine
         self._routes = routes
         self._registry = registry
+        self._webhook = webhook
 
     # -- experiments ----------------------------------------------------------------------
     async def start(
@@ -69,14 +77,23 @@ class Evaluator:
     async def evaluate(self, experiment_id: str, *, actor: str) -> dict[str, Any]:
         """Analyse now and record the decision; act on it when the policy is automatic."""
         decision = await asyncio.to_thread(self._evaluate, experiment_id, actor)
-        await self.sync_routes()
+        await self._decided(experiment_id, decision)
         return decision
 
     async def force(self, experiment_id: str, action: str, *, actor: str) -> dict[str, Any]:
         """An operator's action: promote, rollback, pause or resume."""
         decision = await asyncio.to_thread(self._force, experiment_id, action, actor)
-        await self.sync_routes()
+        await self._decided(experiment_id, decision)
         return decision
+
+    async def _decided(self, experiment_id: str, decision: dict[str, Any]) -> None:
+        await self.sync_routes()
+        if self._webhook is not None:
+            exp = await asyncio.to_thread(
+                store.get_experiment, self._engine, experiment_id=experiment_id
+            )
+            if exp is not None:
+                await self._webhook.send(exp, decision)
 
     async def run(self, interval_s: float) -> None:
         """Evaluate every running experiment whose policy is automatic, forever."""
@@ -110,6 +127,54 @@ class Evaluator:
     def analysis(
         self, exp: dict[str, Any], history: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        """The experiment's analysis as JSON, with the sequential state for the next look."""
+        result = self._analyse(exp, history)
+        return {**result.to_dict(), "sequential_state": result.sequential_state()}
+
+    def report(self, exp: dict[str, Any]) -> dict[str, Any]:
+        """``experiments.report.render_html``'s input: analysis, timeline and decisions."""
+        analysis = self._analyse(exp, None)
+        ended = exp["updated_at"] if exp["status"] not in LIVE else utcnow()
+        span_s = max((ended - exp["created_at"]).total_seconds(), 1.0)
+        buckets = timeline(
+            self._engine,
+            route=exp["route"],
+            experiment_id=exp["id"],
+            since=None,
+            bucket_s=max(60.0, span_s / 60),  # about 60 points whatever the length
+        )
+        decisions = store.list_decisions(self._engine, experiment_id=exp["id"])
+        return report_input(
+            analysis,
+            title=f"Canary report: {exp['route']}",
+            route=exp["route"],
+            experiment_id=exp["id"],
+            champion_version=exp["champion_version"],
+            challenger_version=exp["challenger_version"],
+            status=exp["status"],
+            stage=exp["stage_index"],
+            generated_at=utcnow().isoformat(),
+            timeline=[
+                {
+                    "time": b["start"].isoformat(),
+                    "arm": b["arm"],
+                    "ups": b["ups"],
+                    "rated": b["rated"],
+                }
+                for b in buckets
+            ],
+            policy=exp["policy"],
+            decisions=[
+                {
+                    "time": d["created_at"].isoformat(),
+                    "action": d["action"],
+                    "reasons": d["reasons"],
+                }
+                for d in decisions
+            ],
+        )
+
+    def _analyse(self, exp: dict[str, Any], history: dict[str, Any] | None) -> Analysis:
         """The experiment's analysis now (SQL aggregates, then the statistics); no action.
 
         ``history`` is the sequential state of the last evaluation: the always-valid
@@ -122,7 +187,7 @@ class Evaluator:
             self._engine, route=route, experiment_id=exp_id, since=exp["stage_started_at"]
         )
         weight = exp["stages"][exp["stage_index"]] / 100
-        analysis = analyse(
+        return analyse(
             arms["champion"],
             arms["challenger"],
             votes,
@@ -132,7 +197,6 @@ class Evaluator:
             (history or {}).get("sequential_state"),
             stage_units={arm: stats.units for arm, stats in stage_arms.items()},
         )
-        return {**analysis.to_dict(), "sequential_state": analysis.sequential_state()}
 
     def _evaluate(self, experiment_id: str, actor: str) -> dict[str, Any]:
         with store.transition(self._engine, experiment_id=experiment_id) as (conn, exp):

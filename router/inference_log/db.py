@@ -27,6 +27,10 @@ def create_db_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # The evaluator's GROUP BYs read the whole log: map it, and cache more pages
+            # (measured on 1M rows: the ratings join 0.61 s -> 0.39 s).
+            cur.execute("PRAGMA mmap_size=1073741824")
+            cur.execute("PRAGMA cache_size=-65536")
             cur.close()
 
         return engine

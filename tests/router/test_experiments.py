@@ -7,6 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from registry.store import Registry
 from router.backends import FakeSpec
@@ -137,15 +141,30 @@ def test_better_challenger_is_promoted_and_aliases_move(
     assert tags["canary.decision_id"] == exp["id"]
 
 
-def test_worse_challenger_is_rolled_back(
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local Slack-style webhook receiver; its URL and what it received."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: Request) -> JSONResponse:
+        received.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as server:
+        yield f"{server.url}/hook", received
+
+
+def test_worse_challenger_is_rolled_back_with_webhook_and_report(
     registry: Registry,
     versions: tuple[str, str],
     make_settings: Callable[..., Settings],
     run_router: Any,
+    receiver: tuple[str, list[dict[str, Any]]],
 ) -> None:
     v1, v2 = versions
+    hook_url, received = receiver
     with (
-        _running(registry, make_settings, run_router) as (server, app),
+        _running(registry, make_settings, run_router, webhook_url=hook_url) as (server, app),
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         exp = http.post(
@@ -159,6 +178,15 @@ def test_worse_challenger_is_rolled_back(
         assert app.state.routes.get("chat").challenger_bps == 0  # no more traffic to it
         history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
         assert [d["action"] for d in history] == ["rollback"]
+        report = http.get(f"/v1/experiments/{exp['id']}/report")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+        assert "data:image/png;base64," in report.text and "rollback" in report.text
+        data = http.get(f"/v1/experiments/{exp['id']}/report.json").json()
+        assert data["analysis"]["decision"]["action"] == "rollback"
+        assert {b["arm"] for b in data["timeline"]} == {"champion", "challenger"}
+    assert len(received) == 1
+    assert "rollback" in received[0]["text"] and exp["id"] in received[0]["text"]
+    assert received[0]["decision"]["acted"] is True
     assert registry.resolve("chat", "challenger") is None
     assert registry.resolve("chat", "champion").version == v1  # type: ignore[union-attr]
     assert registry.client.get_model_version("chat", v2).tags["canary.status"] == "rejected"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from experiments.report import render_html
 from router.api.deps import AdminDep, EngineDep, RoutesDep
 from router.errors import NotFound
 from router.evaluation import store
@@ -63,6 +65,25 @@ async def get_experiment(
     exp = await _experiment(experiment_id, engine)
     analysis = await run_in_threadpool(evaluator.analysis, exp)
     return {**_public(exp, routes), "analysis": analysis}
+
+
+@router.get("/v1/experiments/{experiment_id}/report.json")
+async def report_json(
+    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
+) -> dict[str, Any]:
+    """The promotion report's data: analysis, timeline, policy and decisions."""
+    exp = await _experiment(experiment_id, engine)
+    return await run_in_threadpool(evaluator.report, exp)
+
+
+@router.get("/v1/experiments/{experiment_id}/report", response_class=HTMLResponse)
+async def report_html(
+    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
+) -> HTMLResponse:
+    """The promotion report as one self-contained HTML page (plots embedded)."""
+    exp = await _experiment(experiment_id, engine)
+    data = await run_in_threadpool(evaluator.report, exp)
+    return HTMLResponse(await run_in_threadpool(render_html, data))
 
 
 @router.get("/v1/experiments/{experiment_id}/decisions")
