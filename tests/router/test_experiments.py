@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -227,3 +228,79 @@ def test_manual_policy_only_recommends_and_admin_is_required(
         ended = http.post(f"/v1/experiments/{exp['id']}/resume", headers=ADMIN)
         assert ended.status_code == 409
     assert registry.resolve("chat", "challenger") is None
+
+
+def test_stages_advance_and_an_srm_halts(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+) -> None:
+    with (
+        _running(registry, make_settings, run_router, allow_arm_override=True) as (server, app),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        body = {"route": "chat", "stages": [50, 75], "policy": POLICY}
+        exp = http.post("/v1/experiments", json=body, headers=ADMIN).json()
+        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        assert (decision["action"], decision["acted"]) == ("advance", True), decision["reasons"]
+        now = http.get(f"/v1/experiments/{exp['id']}").json()
+        assert (now["stage"], now["weights"]["challenger"]) == (2, 0.75)
+        assert app.state.routes.get("chat").challenger_bps == 7_500
+
+        # Forced arms break the split the stage promised: a sample ratio mismatch.
+        for i in range(150):
+            r = http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "chat",
+                    "user": f"forced-{i}",
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+                headers={"x-canary-arm": "champion"},
+            )
+            assert r.status_code == 200
+        halted = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        assert (halted["action"], halted["acted"]) == ("halt", True), halted["reasons"]
+        assert any("ratio" in r.lower() for r in halted["reasons"])
+        assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "halted"
+        assert app.state.routes.get("chat").challenger_bps == 0
+    champion = registry.resolve("chat", "champion")
+    assert champion is not None and champion.version == versions[0]  # never promoted
+
+
+def test_two_evaluators_at_once_act_once(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+    postgres_url: str,
+) -> None:
+    with (
+        _running(registry, make_settings, run_router, database_url=postgres_url) as (one, _),
+        _running(registry, make_settings, run_router, database_url=postgres_url) as (two, _),
+        httpx.Client(base_url=one.url, timeout=30) as http,
+    ):
+        exp = http.post(
+            "/v1/experiments",
+            json={"route": "chat", "stages": [50], "policy": POLICY},
+            headers=ADMIN,
+        ).json()
+        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(
+                    lambda url: httpx.post(
+                        f"{url}/v1/experiments/{exp['id']}/evaluate", headers=ADMIN, timeout=60
+                    ),
+                    [one.url, two.url],
+                )
+            )
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [200, 409], [a.text for a in answers]
+        acted = [a.json() for a in answers if a.status_code == 200]
+        assert acted[0]["action"] == "promote" and acted[0]["acted"] is True
+        history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
+        assert [d["action"] for d in history] == ["promote"]
+    assert registry.resolve("chat", "champion").version == versions[1]  # type: ignore[union-attr]
