@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from router.cli_experiment import add_experiment_commands
 from router.cli_registry import add_registry_commands
 
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML settings file (same keys as CANARY_* variables)")
     serve.set_defaults(func=_serve)
     add_registry_commands(sub)
+    add_experiment_commands(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -134,8 +135,8 @@ class Evaluator:
     def report(self, exp: dict[str, Any]) -> dict[str, Any]:
         """``experiments.report.render_html``'s input: analysis, timeline and decisions."""
         analysis = self._analyse(exp, None)
-        ended = exp["updated_at"] if exp["status"] not in LIVE else utcnow()
-        span_s = max((ended - exp["created_at"]).total_seconds(), 1.0)
+        ended = _aware(exp["updated_at"]) if exp["status"] not in LIVE else utcnow()
+        span_s = max((ended - _aware(exp["created_at"])).total_seconds(), 1.0)
         buckets = timeline(
             self._engine,
             route=exp["route"],
@@ -260,3 +261,8 @@ class Evaluator:
             move = self._registry.promote if action == "promote" else self._registry.rollback
             move(exp["route"], actor=actor, reason=reason, decision_id=exp["id"])
         store.update_experiment(conn, experiment_id=exp["id"], status=_ENDS[action])
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes for UTC columns; Postgres aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -304,3 +306,48 @@ def test_two_evaluators_at_once_act_once(
         history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
         assert [d["action"] for d in history] == ["promote"]
     assert registry.resolve("chat", "champion").version == versions[1]  # type: ignore[union-attr]
+
+
+def test_experiment_cli(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from router.cli import main
+
+    def canary(*argv: str) -> int:
+        with pytest.raises(SystemExit) as done:
+            main(list(argv))
+        return int(done.value.code or 0)
+
+    with _running(registry, make_settings, run_router) as (server, _):
+        url = ["--router", server.url]
+        assert canary("experiment", "start", "chat", "--stages", "5,50", *url) == 2
+        assert "HTTP 401" in capsys.readouterr().err
+        assert (
+            canary(
+                "experiment",
+                "start",
+                "chat",
+                "--stages",
+                "5,50",
+                "--no-auto",
+                "--token",
+                TOKEN,
+                *url,
+            )
+            == 0
+        )
+        started = json.loads(capsys.readouterr().out)
+        assert (started["stages"], started["policy"]["auto"]) == ([5.0, 50.0], False)
+        assert canary("experiment", "status", started["id"], *url) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "running"
+        out = tmp_path / "report.html"
+        assert canary("experiment", "report", started["id"], "--out", str(out), *url) == 0
+        assert "<html" in out.read_text().lower()
+        assert canary("experiment", "rollback", started["id"], "--token", TOKEN, *url) == 0
+    assert canary("experiment", "status", "--router", "http://127.0.0.1:9") == 2
+    assert "unreachable" in capsys.readouterr().err
