@@ -23,7 +23,7 @@ from experiments.report import report_input
 from router.assignment import BUCKETS
 from router.errors import Conflict, InvalidRequest, NotFound
 from router.evaluation import store
-from router.evaluation.aggregate import aggregate, timeline
+from router.evaluation.aggregate import aggregate, timeline, units_since
 from router.evaluation.models import HALTED, LIVE, PAUSED, PROMOTED, ROLLED_BACK, RUNNING
 from router.evaluation.webhook import Webhook
 from router.inference_log.models import utcnow
@@ -184,7 +184,7 @@ class Evaluator:
         """
         route, exp_id = exp["route"], exp["id"]
         arms, votes = aggregate(self._engine, route=route, experiment_id=exp_id)
-        stage_arms, _ = aggregate(
+        stage_units = units_since(
             self._engine, route=route, experiment_id=exp_id, since=exp["stage_started_at"]
         )
         weight = exp["stages"][exp["stage_index"]] / 100
@@ -196,7 +196,7 @@ class Evaluator:
             Policy.from_dict(exp["policy"]),
             exp["stage_index"],
             (history or {}).get("sequential_state"),
-            stage_units={arm: stats.units for arm, stats in stage_arms.items()},
+            stage_units=stage_units,
         )
 
     def _evaluate(self, experiment_id: str, actor: str) -> dict[str, Any]:
