@@ -5,7 +5,8 @@ non-empty content chunk) and decode speed (tokens/s: content chunks after the fi
 over the time from the first chunk to the last; llama.cpp streams one chunk a token)
 for the same chat, greedy (temperature 0, fixed seed), ``max_tokens`` 128, with the
 bundled SmolLM2-135M-Instruct GGUF and identical llama.cpp settings on both sides
-(``n_threads`` 2 unless ``--n-threads``, ``n_ctx`` 2048, ``n_batch`` 512, top_p 0.95, repeat penalty 1):
+(``n_threads`` 2 unless ``--n-threads``, ``n_ctx`` 2048, ``n_batch`` 512, top_p 0.95,
+repeat penalty 1):
 
 - direct: ``Llama.create_chat_completion(stream=True)`` in this process;
 - router: ``POST /v1/chat/completions`` with ``stream: true`` to a router process whose

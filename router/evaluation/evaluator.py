@@ -184,9 +184,12 @@ class Evaluator:
         """
         route, exp_id = exp["route"], exp["id"]
         arms, votes = aggregate(self._engine, route=route, experiment_id=exp_id)
-        stage_units = units_since(
-            self._engine, route=route, experiment_id=exp_id, since=exp["stage_started_at"]
-        )
+        if exp["stage_index"] == 0:  # the first stage is the whole experiment so far
+            stage_units = {arm: stats.units for arm, stats in arms.items()}
+        else:
+            stage_units = units_since(
+                self._engine, route=route, experiment_id=exp_id, since=exp["stage_started_at"]
+            )
         weight = exp["stages"][exp["stage_index"]] / 100
         return analyse(
             arms["champion"],
