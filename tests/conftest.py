@@ -78,9 +78,8 @@ def router(
         yield running
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the real Postgres server, dropped afterwards."""
+@contextmanager
+def _fresh_database() -> Iterator[str]:
     name = f"canary_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -90,6 +89,20 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database on the real Postgres server shared by the session, dropped afterwards."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A database of this test's own, for tests that count every row in it."""
+    with _fresh_database() as url:
+        yield url
 
 
 # -- MLflow registries ------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_row_count_equals_request_count(
     run_router: Any,
     request: pytest.FixtureRequest,
 ) -> None:
-    url = request.getfixturevalue("postgres_url") if database == "postgres" else None
+    url = request.getfixturevalue("fresh_postgres_url") if database == "postgres" else None
     # Some challenger failures (fallbacks) and a burst larger than one batch.
     routes = fake_routes(challenger={"error_rate": 0.2, "seed": 7})
     settings = make_settings(database_url=url, routes=routes, log_batch_size=50)
