@@ -88,6 +88,23 @@ def _traffic(http: httpx.Client, n: int, up_share: dict[str, float]) -> dict[str
     return seen
 
 
+def _start(http: httpx.Client, **body: Any) -> dict[str, Any]:
+    """Start an experiment on ``chat`` (one 50% stage, the test policy unless overridden)."""
+    r = http.post(
+        "/v1/experiments",
+        json={"route": "chat", "stages": [50], "policy": POLICY, **body},
+        headers=ADMIN,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _evaluate(http: httpx.Client, exp: dict[str, Any]) -> dict[str, Any]:
+    r = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_better_challenger_is_promoted_and_aliases_move(
     database: str,
@@ -103,13 +120,7 @@ def test_better_challenger_is_promoted_and_aliases_move(
         _running(registry, make_settings, run_router, database_url=url) as (server, _),
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        started = http.post(
-            "/v1/experiments",
-            json={"route": "chat", "stages": [50], "policy": POLICY},
-            headers=ADMIN,
-        )
-        assert started.status_code == 201, started.text
-        exp = started.json()
+        exp = _start(http)
         assert (exp["champion_version"], exp["challenger_version"], exp["status"]) == (
             v1,
             v2,
@@ -132,7 +143,7 @@ def test_better_challenger_is_promoted_and_aliases_move(
         assert rate["difference"] > 0.4 and rate["p_value"] < 0.001
         assert analysis["srm"]["mismatch"] is False
 
-        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("promote", True), decision["reasons"]
         assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "promoted"
     champion = registry.resolve("chat", "champion")
@@ -170,13 +181,9 @@ def test_worse_challenger_is_rolled_back_with_webhook_and_report(
         _running(registry, make_settings, run_router, webhook_url=hook_url) as (server, app),
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        exp = http.post(
-            "/v1/experiments",
-            json={"route": "chat", "stages": [50], "policy": POLICY},
-            headers=ADMIN,
-        ).json()
+        exp = _start(http)
         _traffic(http, 240, {"champion": 0.9, "challenger": 0.2})
-        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("rollback", True)
         assert app.state.routes.get("chat").challenger_bps == 0  # no more traffic to it
         history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
@@ -218,9 +225,9 @@ def test_manual_policy_only_recommends_and_admin_is_required(
         )
         bad = http.post("/v1/experiments", json={"route": "chat", "stages": [0]}, headers=ADMIN)
         assert bad.status_code == 422
-        exp = http.post("/v1/experiments", json=body, headers=ADMIN).json()
+        exp = _start(http, policy=body["policy"])
         _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
-        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("promote", False)
         assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "running"
         paused = http.post(f"/v1/experiments/{exp['id']}/pause", headers=ADMIN)
@@ -242,10 +249,9 @@ def test_stages_advance_and_an_srm_halts(
         _running(registry, make_settings, run_router, allow_arm_override=True) as (server, app),
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        body = {"route": "chat", "stages": [50, 75], "policy": POLICY}
-        exp = http.post("/v1/experiments", json=body, headers=ADMIN).json()
+        exp = _start(http, stages=[50, 75])
         _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
-        decision = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("advance", True), decision["reasons"]
         now = http.get(f"/v1/experiments/{exp['id']}").json()
         assert (now["stage"], now["weights"]["challenger"]) == (2, 0.75)
@@ -263,7 +269,7 @@ def test_stages_advance_and_an_srm_halts(
                 headers={"x-canary-arm": "champion"},
             )
             assert r.status_code == 200
-        halted = http.post(f"/v1/experiments/{exp['id']}/evaluate", headers=ADMIN).json()
+        halted = _evaluate(http, exp)
         assert (halted["action"], halted["acted"]) == ("halt", True), halted["reasons"]
         assert any("ratio" in r.lower() for r in halted["reasons"])
         assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "halted"
@@ -284,11 +290,7 @@ def test_two_evaluators_at_once_act_once(
         _running(registry, make_settings, run_router, database_url=postgres_url) as (two, _),
         httpx.Client(base_url=one.url, timeout=30) as http,
     ):
-        exp = http.post(
-            "/v1/experiments",
-            json={"route": "chat", "stages": [50], "policy": POLICY},
-            headers=ADMIN,
-        ).json()
+        exp = _start(http)
         _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
         with ThreadPoolExecutor(2) as pool:
             answers = list(

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from experiments.report import render_html
-from router.api.deps import AdminDep, EngineDep, RoutesDep
+from router.api.deps import AdminDep, EngineDep
 from router.errors import NotFound
 from router.evaluation import store
 from router.evaluation.evaluator import Evaluator
@@ -32,7 +32,7 @@ async def _experiment(experiment_id: str, engine: EngineDep) -> dict[str, Any]:
     return exp
 
 
-def _public(exp: dict[str, Any], routes: RoutesDep) -> dict[str, Any]:
+def _public(exp: dict[str, Any]) -> dict[str, Any]:
     weight = exp["stages"][exp["stage_index"]] / 100 if exp["status"] == "running" else 0.0
     return {
         **exp,
@@ -42,29 +42,27 @@ def _public(exp: dict[str, Any], routes: RoutesDep) -> dict[str, Any]:
 
 
 @router.post("/v1/experiments", status_code=201, dependencies=[AdminDep])
-async def start_experiment(
-    body: ExperimentIn, evaluator: EvaluatorDep, routes: RoutesDep
-) -> dict[str, Any]:
+async def start_experiment(body: ExperimentIn, evaluator: EvaluatorDep) -> dict[str, Any]:
     """Start a canary on a route: 409 if one is running there, 400 without a challenger."""
     exp = await evaluator.start(route=body.route, stages=body.stages, policy=body.policy)
-    return _public(exp, routes)
+    return _public(exp)
 
 
 @router.get("/v1/experiments")
-async def list_experiments(engine: EngineDep, routes: RoutesDep) -> list[dict[str, Any]]:
+async def list_experiments(engine: EngineDep) -> list[dict[str, Any]]:
     """Every experiment, newest first."""
     rows = await run_in_threadpool(store.list_experiments, engine)
-    return [_public(e, routes) for e in rows]
+    return [_public(e) for e in rows]
 
 
 @router.get("/v1/experiments/{experiment_id}")
 async def get_experiment(
-    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep, routes: RoutesDep
+    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
 ) -> dict[str, Any]:
     """The experiment with a fresh analysis and the decision the policy would take now."""
     exp = await _experiment(experiment_id, engine)
     analysis = await run_in_threadpool(evaluator.analysis, exp)
-    return {**_public(exp, routes), "analysis": analysis}
+    return {**_public(exp), "analysis": analysis}
 
 
 @router.get("/v1/experiments/{experiment_id}/report.json")
