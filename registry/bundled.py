@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import sys
 from importlib.metadata import PackageNotFoundError, files
 from pathlib import Path
@@ -92,11 +93,22 @@ def resolve_gguf(ref: str, *, models_dir: Path) -> Path:
 def register_bundled(registry: Registry, models_dir: Path) -> bool:
     """Register SmolLM2 as ``chat@champion`` and Gemma-3 as ``chat@challenger``, only into
     an empty registry, with a progress bar on stderr. True when it registered them."""
-    from tqdm import tqdm
-
     if not registry.is_empty():
         return False
     models_dir.mkdir(parents=True, exist_ok=True)
+    # Two first-run processes would each see an empty registry: one registers, the
+    # other waits on the lock and then finds the models there.
+    with (models_dir / ".register.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not registry.is_empty():
+            return False
+        _register(registry, models_dir)
+    return True
+
+
+def _register(registry: Registry, models_dir: Path) -> None:
+    from tqdm import tqdm
+
     steps = ["assemble Gemma-3-270M", "register SmolLM2-135M", "register Gemma-3-270M"]
     with tqdm(total=len(steps), desc="bundled models", unit="step", file=sys.stderr) as bar:
 
@@ -114,4 +126,3 @@ def register_bundled(registry: Registry, models_dir: Path) -> bool:
         stage(steps[2])
         registry.register_gguf(BUNDLED_ROUTE, gemma, params=GEMMA3_PARAMS, alias="challenger")
         bar.update()
-    return True

@@ -22,6 +22,9 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.config:
         os.environ["CANARY_CONFIG"] = args.config  # read by Settings as its YAML layer
+    # A model version loads in the background; MLflow's download bars would only garble
+    # the JSON log. The first-run registration keeps its own progress bar.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,14 @@ def test_register_bundled_fills_an_empty_registry_once(
         {"max_tokens": 24, "temperature": 0.0},
     )
     assert sum(ch.isalpha() for ch in answer) >= 3, answer
+
+
+def test_two_first_runs_at_once_register_the_models_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    models_dir = tmp_path / "models"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: register_bundled(registry, models_dir), range(2)))
+    assert sorted(results) == [False, True]
+    (chat,) = registry.describe()
+    assert len(chat.versions) == 2
