@@ -1,24 +1,30 @@
 """How long the evaluator's SQL aggregation takes over 1,000,000 logged requests.
 
-What is measured: ``router.evaluation.aggregate.aggregate`` (everything one evaluation
-reads from the database: per-unit error and thumbs sums per arm, latency and TTFT
-samples, votes) and ``timeline`` (hourly buckets, for the report's plots), on SQLite and
-on Postgres. Target: one evaluation over 1,000,000 requests under 2 s on each.
+What is measured: one evaluation as the evaluator runs it — ``aggregate_stage`` (everything
+one look reads from the database: per-unit error and thumbs sums per arm, the current
+stage's units of the split, latency and TTFT samples, votes; its three scans at once on one
+snapshot) then ``experiments.analysis.analyse`` (every statistic and the decision) — at the
+first stage and at a later one; and what a report adds (``timeline``, hourly buckets, and
+``stage_traffic``), on SQLite and on Postgres. Target: one evaluation over 1,000,000
+requests under 2 s on each.
 
 The data: one experiment on route ``chat`` with ``--rows`` inference rows over 7 days,
 ~200k units (a skewed number of requests per unit, arm by the unit's hash bucket, 50/50),
 realistic statuses (ok ~95.5%, error, timeout, fallback, client gone, rejected, shadow
-copies), 30% streamed, lognormal latencies, short prompts and answers stored as the
-router stores them; ~10% of requests rated (some twice, by a reviewer, later), and votes
-on ~2% of requests. A few rows of another route and of no experiment are mixed in, so the
-filters have something to skip.
+copies), assignment reasons (the split's ``hash``, ~3% ``unassigned``, ~1% forced arms:
+``override`` and ``arena``), 30% streamed, lognormal latencies, short prompts and answers
+stored as the router stores them; ~10% of requests rated (some twice, by a reviewer,
+later), and votes on ~2% of requests. A few rows of another route and of no experiment are
+mixed in, so the filters have something to skip.
 
 How: SQLite is a temporary file migrated with ``router.inference_log.db.migrate`` and
 filled with ``executemany`` in 50k-row batches; Postgres is a fresh temporary database on
 127.0.0.1:5432 (``CANARY_TEST_POSTGRES`` overrides the admin URL), migrated the same way,
 filled with ``COPY``, then ``VACUUM ANALYZE`` (what autovacuum does after a bulk load),
-and dropped afterwards. Each backend then runs aggregate and timeline ``--repeats`` times;
-the median (and min/max) seconds are printed against the target.
+and dropped afterwards. Each backend then runs one untimed look (the evaluator looks every
+few seconds, so the indexes it reads are in memory; the first read after the bulk load is
+not that), then each measurement ``--repeats`` times; the median (and min/max) seconds are
+printed against the target.
 
 Run ``.venv/bin/python benchmarks/evaluate.py`` (``--rows 100000`` for a quick run).
 """
@@ -46,7 +52,7 @@ from sqlalchemy import Engine
 
 from experiments.analysis import analyse
 from experiments.policy import Policy
-from router.evaluation.aggregate import aggregate, timeline
+from router.evaluation.aggregate import aggregate_stage, stage_traffic, timeline
 from router.inference_log.db import create_db_engine, migrate
 
 TARGET_S = 2.0
@@ -137,6 +143,7 @@ def generate(
     status_names = [s[0] for s in STATUSES]
     status_weights = [s[1] for s in STATUSES]
     status_info = {s[0]: s for s in STATUSES}
+    reasons = rng.choices(["hash", "unassigned", "override", "arena"], [96, 3, 0.5, 0.5], k=rows)
     prompts = [json.dumps([{"role": "user", "content": p}]) for p in PROMPTS]
     prompt_sha = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
     answer_sha = [hashlib.sha256(a.encode()).hexdigest() for a in ANSWERS]
@@ -181,8 +188,8 @@ def generate(
                 "1" if served == "champion" else "2",
                 None,
                 unit if status != "rejected" else None,
-                "bucket",
-                u % 10_000,
+                reasons[i],
+                u % 10_000 if reasons[i] in ("hash", "unassigned") else None,
                 stream,
                 prompts[k],
                 len(PROMPTS[k]),
@@ -298,48 +305,63 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
 
 
 def measure(name: str, engine: Engine, rows: int, seed_s: float, repeats: int) -> None:
-    def evaluate() -> Any:
-        """What the evaluator does per look at the first stage: SQL aggregates, every statistic.
+    later_stage = START + timedelta(seconds=SPAN_S * 5 / 7)  # the last two of seven days
 
-        (Later stages add one COUNT(DISTINCT unit) since the stage began, ``units_since``.)
-        """
-        arms, votes = aggregate(engine, route=ROUTE, experiment_id=EXPERIMENT)
-        stage = {arm: s.units for arm, s in arms.items()}
-        weights = {"champion": 0.5, "challenger": 0.5}
-        analysis = analyse(
-            arms["champion"], arms["challenger"], votes, weights, Policy(), 0, stage_units=stage
+    def evaluate(stage_since: datetime | None) -> Callable[[], Any]:
+        """What the evaluator does per look: SQL aggregates, then every statistic."""
+
+        def look() -> Any:
+            arms, votes, stage = aggregate_stage(
+                engine, route=ROUTE, experiment_id=EXPERIMENT, stage_since=stage_since
+            )
+            weights = {"champion": 0.5, "challenger": 0.5}
+            analysis = analyse(
+                arms["champion"], arms["challenger"], votes, weights, Policy(), 0, stage_units=stage
+            )
+            analysis.to_dict()
+            return arms, votes, stage
+
+        return look
+
+    def report() -> Any:
+        buckets = timeline(engine, route=ROUTE, experiment_id=EXPERIMENT, since=None, bucket_s=3600)
+        stages = stage_traffic(
+            engine, route=ROUTE, experiment_id=EXPERIMENT, starts=[START, later_stage]
         )
-        analysis.to_dict()
-        return arms, votes
+        return buckets, stages
 
-    def plot() -> Any:
-        return timeline(engine, route=ROUTE, experiment_id=EXPERIMENT, since=None, bucket_s=3600)
-
-    agg_times, (arms, votes) = timed(evaluate, repeats)
-    line_times, buckets = timed(plot, repeats)
+    # One look first, untimed: the evaluator looks every few seconds at a log whose
+    # indexes are in memory; the first read after a bulk load of 1M rows is not that.
+    evaluate(None)()
+    first_times, (arms, votes, _) = timed(evaluate(None), repeats)
+    later_times, (_, _, later_units) = timed(evaluate(later_stage), repeats)
+    report_times, (buckets, stages) = timed(report, repeats)
     counted = sum(a.requests for a in arms.values())
-    agg, line = statistics.median(agg_times), statistics.median(line_times)
-    verdict = "PASS" if agg < TARGET_S else "FAIL"
     print(f"\n{name}: {rows:,} rows seeded in {seed_s:.1f} s")
     for arm, s in arms.items():
         print(
-            f"  {arm:10s} requests={s.requests:,} units={s.units:,} errors={int(s.errors.sum_x):,} "
+            f"  {arm:10s} requests={s.requests:,} units={s.units:,} (all {s.errors.units:,}; "
+            f"last stage {later_units[arm]:,}) errors={int(s.errors.sum_x):,} "
             f"rated={int(s.thumbs.sum_y):,} up={int(s.thumbs.sum_x):,} "
             f"latency sample={len(s.latency_ms):,} ttft sample={len(s.ttft_ms):,}"
         )
     print(
         f"  votes: challenger {votes.challenger_wins:,}, champion {votes.champion_wins:,}, "
-        f"ties {votes.ties:,}, both bad {votes.both_bad:,}; timeline {len(buckets)} rows"
+        f"ties {votes.ties:,}, both bad {votes.both_bad:,}; timeline {len(buckets)} rows, "
+        f"{len(stages)} stages"
     )
+    for label, times in (("first stage", first_times), ("later stage", later_times)):
+        median = statistics.median(times)
+        verdict = "PASS" if median < TARGET_S else "FAIL"
+        print(
+            f"  evaluation at the {label} over {counted:,} counted requests: "
+            f"median {median:.3f} s (min {min(times):.3f}, max {max(times):.3f}; n={repeats}) "
+            f"target < {TARGET_S:.1f} s: {verdict}  ({median / TARGET_S:.2f} of target)"
+        )
     print(
-        f"  evaluation (SQL aggregates + statistics) over {counted:,} counted requests: "
-        f"median {agg:.3f} s "
-        f"(min {min(agg_times):.3f}, max {max(agg_times):.3f}; n={repeats}) "
-        f"target < {TARGET_S:.1f} s: {verdict}  ({agg / TARGET_S:.2f} of target)"
-    )
-    print(
-        f"  timeline (hourly): median {line:.3f} s (min {min(line_times):.3f}, "
-        f"max {max(line_times):.3f}); aggregate + timeline {agg + line:.3f} s"
+        f"  report extras (hourly timeline + traffic per stage): median "
+        f"{statistics.median(report_times):.3f} s (min {min(report_times):.3f}, "
+        f"max {max(report_times):.3f})"
     )
 
 

@@ -155,6 +155,11 @@ def _arm_problems(stats: ArmStats, arm: str) -> list[str]:
     return problems
 
 
+def _burn_in(result: RateComparison, ready: bool) -> RateComparison:
+    """The comparison without its sequential test before the burn-in (see :func:`analyse`)."""
+    return result if ready else replace(result, sequential=None, p_value_sequential=None)
+
+
 def analyse(
     champion: ArmStats,
     challenger: ArmStats,
@@ -173,8 +178,17 @@ def analyse(
     effect: the SRM test and the per-stage minimum use them. Without it the cumulative
     ``units`` are used, which is right only while the experiment has had a single stage.
     ``sequential_history`` is the previous look's :meth:`Analysis.sequential_state`.
+
+    Burn-in: an always-valid test on a plug-in standard error is only valid once each arm
+    has a sample (three ratings, all up, have variance 0: "p = 1e-23" on a handful of
+    users), and the running minimum would keep such a spurious look for good. So the
+    thumbs tests start, and are carried to the next look, only once each arm has
+    ``policy.min_rated`` ratings; the error-rate tests once each has
+    ``policy.min_guardrail_requests`` requests. Before that they are absent (``None``).
     """
     history = sequential_history or {}
+    thumbs_ready = min(champion.thumbs.sum_y, challenger.thumbs.sum_y) >= policy.min_rated
+    errors_ready = min(champion.requests, challenger.requests) >= policy.min_guardrail_requests
     units = (
         dict(stage_units)
         if stage_units is not None
@@ -184,20 +198,26 @@ def analyse(
         }
     )
     problems = _arm_problems(champion, "champion") + _arm_problems(challenger, "challenger")
-    thumbs = compare_rates(
-        champion.thumbs,
-        challenger.thumbs,
-        tau2=policy.mixing_sd**2,
-        alpha=policy.alpha,
-        previous=history.get("thumbs"),
+    thumbs = _burn_in(
+        compare_rates(
+            champion.thumbs,
+            challenger.thumbs,
+            tau2=policy.mixing_sd**2,
+            alpha=policy.alpha,
+            previous=history.get("thumbs"),
+        ),
+        thumbs_ready,
     )
-    errors = compare_rates(
-        champion.errors,
-        challenger.errors,
-        higher_is_better=False,
-        tau2=policy.error_mixing_sd**2,
-        alpha=policy.alpha,
-        previous=history.get("errors"),
+    errors = _burn_in(
+        compare_rates(
+            champion.errors,
+            challenger.errors,
+            higher_is_better=False,
+            tau2=policy.error_mixing_sd**2,
+            alpha=policy.alpha,
+            previous=history.get("errors"),
+        ),
+        errors_ready,
     )
     vote_result = compare_votes(
         votes, tau2=policy.mixing_sd**2, alpha=policy.alpha, previous=history.get("votes")
@@ -233,16 +253,22 @@ def analyse(
         votes=vote_result,
         srm=check_srm(units, weights, threshold=policy.srm_threshold),
         thumbs_noninferiority=(
-            shifted(thumbs, "thumbs_noninferiority", -policy.margin, tau2) if ni else None
+            shifted(thumbs, "thumbs_noninferiority", -policy.margin, tau2)
+            if ni and thumbs_ready
+            else None
         ),
         votes_noninferiority=(
             shifted(vote_result, "votes_noninferiority", -policy.margin, tau2) if ni else None
         ),
-        errors_guardrail=shifted(
-            errors,
-            "errors_guardrail",
-            policy.max_error_rate_increase,
-            policy.error_mixing_sd**2,
+        errors_guardrail=(
+            shifted(
+                errors,
+                "errors_guardrail",
+                policy.max_error_rate_increase,
+                policy.error_mixing_sd**2,
+            )
+            if errors_ready
+            else None
         ),
         problems=tuple(problems),
         decision=Decision("continue"),

@@ -17,9 +17,11 @@
    (votes), cumulative over the experiment.
 4. the primary metric decides, on **always-valid one-sided p-values** (mSPRT, see
    :mod:`experiments.sequential`), each with its own running minimum kept in the analysis's
-   sequential state. Superiority: better when ``P(H0: difference <= 0) < alpha``, worse when
-   ``P(H0: difference >= 0) < alpha``. Non-inferiority with ``margin``: the null is shifted to
-   ``-margin`` (thumbs-up rate points, or win-rate points below 0.5 for votes). Worse means
+   sequential state from the look where each arm has ``min_rated`` ratings (the burn-in,
+   see :func:`experiments.analysis.analyse`). Superiority: better when
+   ``P(H0: difference <= 0) < alpha``, worse when ``P(H0: difference >= 0) < alpha``.
+   Non-inferiority with ``margin``: the null is shifted to ``-margin`` (thumbs-up rate
+   points, or win-rate points below 0.5 for votes). Worse means
    **rollback**; better (non-inferior) means **advance** to the next stage or, at the last
    stage, **promote** — unless a guardrail's point estimate is past its bound, which gives
    **continue**. With ``primary_metric="both"`` both metrics must be better and either being
@@ -74,7 +76,8 @@ class Policy:
     alpha: float = 0.05
     #: Minimum distinct units per arm seen in the current stage before deciding.
     min_units: int = 200
-    #: Minimum rated requests per arm (thumbs) before deciding on thumbs.
+    #: Minimum rated requests per arm (thumbs) before deciding on thumbs; also the burn-in
+    #: before which the thumbs' always-valid test neither runs nor keeps a running minimum.
     min_rated: int = 100
     #: Minimum decisive votes before deciding on votes.
     min_votes: int = 30
@@ -92,7 +95,8 @@ class Policy:
     max_ttft_p95_ratio: float = 1.5
     #: Significance required of Mann-Whitney for a latency guardrail to fail.
     latency_alpha: float = 0.001
-    #: Logged requests per arm before guardrails are evaluated.
+    #: Logged requests per arm before guardrails are evaluated (and the error-rate tests'
+    #: burn-in, as ``min_rated`` is the thumbs').
     min_guardrail_requests: int = 100
     #: Sample ratio mismatch threshold on the chi-square p-value.
     srm_threshold: float = 0.001
@@ -193,14 +197,15 @@ def _verdict(analysis: Analysis, policy: Policy, metric: str) -> tuple[str, str]
     if metric == "thumbs":
         rates = analysis.thumbs
         seq = analysis.thumbs_noninferiority if ni else rates.sequential
-        if rates.status != "ok" or seq is None or seq.status != "ok":
-            return "insufficient", f"thumbs-up rate: {rates.reason or 'no variance yet'}"
         rated = min(analysis.champion.thumbs.sum_y, analysis.challenger.thumbs.sum_y)
+        # Checked first: below it the sequential test has not started (the burn-in).
         if rated < policy.min_rated:
             return (
                 "insufficient",
                 f"thumbs: {rated:.0f} rated requests per arm of {policy.min_rated}",
             )
+        if rates.status != "ok" or seq is None or seq.status != "ok":
+            return "insufficient", f"thumbs-up rate: {rates.reason or 'no variance yet'}"
         label = (
             f"thumbs-up rate {_pct(rates.challenger)} vs {_pct(rates.champion)} "
             f"(difference {100 * (rates.difference or 0.0):+.1f} points"

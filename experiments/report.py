@@ -12,10 +12,16 @@ Entry point: :func:`render_html`. :func:`report_input` builds its input from an
   its 95% Wilson band.
 * ``latency_ms`` / ``ttft_ms`` — ``{"champion": [ms, ...], "challenger": [ms, ...]}`` samples.
 * ``bradley_terry_ci`` — ``{"champion": [lo, hi], "challenger": [lo, hi]}``.
-* ``traffic`` — list of ``{"stage": int, "challenger_percent": float, "champion": int,
-  "challenger": int, "started_at": str}`` (requests per arm in each stage).
+* ``traffic`` — one entry per stage the experiment went through: ``{"stage": int (1-based),
+  "challenger_percent": float, "started_at": str, "ended_at": str | None, "requests":
+  {arm: n}, "units": {arm: n}}`` (``units``: units the traffic split assigned in that
+  stage); drawn as a table with each stage's own SRM test, and a bar plot.
 * ``srm_detail`` — ``{"observed": {arm: n}, "expected": {arm: x}}``.
-* ``policy`` — :meth:`Policy.to_dict`; ``decisions`` — earlier ``{"time", "action", "reasons"}``.
+* ``policy`` — :meth:`Policy.to_dict`; ``decisions`` — every ``{"time", "action", "reasons",
+  "acted"?, "actor"?}``.
+* ``final_decision`` — ``{"action", "reasons", "actor", "time"}`` of the decision that ended
+  the experiment: the report's verdict (the analysis's own decision is then what the
+  policy would say on the data now). ``report_run_id`` — its MLflow run, if logged.
 
 Plots use matplotlib's object API (``Figure``, Agg canvas): no pyplot global state, safe in
 a server thread.
@@ -36,6 +42,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments.analysis import Analysis
+from experiments.srm import check_srm
 
 __all__ = ["render_html", "report_input"]
 
@@ -218,6 +225,48 @@ def _arms_table(arms: Mapping[str, Any]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _pair_of_counts(counts: Mapping[str, Any]) -> str:
+    """``champion / challenger`` with thousands separators."""
+    return " / ".join(f"{int(counts.get(arm) or 0):,}" for arm in COLOURS)
+
+
+def _traffic_table(traffic: Sequence[Mapping[str, Any]]) -> str:
+    """Requests and units per arm in each stage, with the stage's own SRM test."""
+    head = (
+        "<tr><th>stage</th><th>challenger weight</th><th>from</th><th>to</th>"
+        "<th>requests (champion / challenger)</th><th>units (champion / challenger)</th>"
+        "<th>challenger share of units</th><th>SRM p</th></tr>"
+    )
+    rows = []
+    for s in traffic:
+        requests, units = s.get("requests") or {}, s.get("units") or {}
+        percent = float(s.get("challenger_percent") or 0)
+        total = sum(int(units.get(a) or 0) for a in COLOURS)
+        share = int(units.get("challenger") or 0) / total if total else None
+        srm = check_srm(
+            {a: int(units.get(a) or 0) for a in COLOURS},
+            {"champion": 100 - percent, "challenger": percent},
+        )
+        flag = " <b>mismatch</b>" if srm.mismatch else ""
+        rows.append(
+            f"<tr><td>{_fmt(s.get('stage'))}</td><td class=num>{percent:g}%</td>"
+            f"<td>{_fmt(s.get('started_at'))}</td><td>{_fmt(s.get('ended_at') or 'now')}</td>"
+            f"<td class=num>{_pair_of_counts(requests)}</td>"
+            f"<td class=num>{_pair_of_counts(units)}</td>"
+            f"<td class=num>{_fmt(share, 'pct')} <span class=muted>(expected "
+            f"{percent:g}%)</span></td><td class=num>{_fmt(srm.p_value, 'p')}{flag}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _history_how(decision: Mapping[str, Any]) -> str:
+    """'acted by api', 'recommended', or nothing when the entry does not say."""
+    if "acted" not in decision:
+        return ""
+    how = "acted" if decision["acted"] else "recommended"
+    return f"{how} by {_fmt(decision['actor'])}" if decision.get("actor") else how
+
+
 def _section(title: str, content: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>{content}</section>"
 
@@ -225,7 +274,9 @@ def _section(title: str, content: str) -> str:
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole report as one HTML document (keys of ``report`` in the module docstring)."""
     analysis = report.get("analysis") or {}
-    decision = analysis.get("decision") or {}
+    recommended = analysis.get("decision") or {}
+    final = report.get("final_decision") or None
+    decision = final or recommended
     action = str(decision.get("action", "unknown"))
     title = report.get("title") or f"Canary report: {report.get('route', 'experiment')}"
     sub = " · ".join(
@@ -241,10 +292,25 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
     reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in decision.get("reasons") or [])
     colour = ACTION_COLOURS.get(action, "#616161")
+    notes = ""
+    if final:
+        by, when = _fmt(final.get("actor")), _fmt(final.get("time"))
+        notes += f"<p class=muted>Decided by {by} at {when}"
+        if recommended.get("action"):
+            notes += (
+                f"; on the data now the policy says <b>{_fmt(recommended['action'])}</b>: "
+                + html.escape("; ".join(map(str, recommended.get("reasons") or [])))
+            )
+        notes += ".</p>"
+    if report.get("report_run_id"):
+        notes += (
+            f"<p class=muted>MLflow run {_fmt(report['report_run_id'])} "
+            f"(runs:/{_fmt(report['report_run_id'])}/report.html)</p>"
+        )
     parts = [
         f"<header><h1>{html.escape(str(title))}</h1><p>{sub}</p></header>",
         f"<section><h2>Decision</h2><span class=badge style='background:{colour}'>"
-        f"{html.escape(action)}</span><ul class=reasons>{reasons}</ul></section>",
+        f"{html.escape(action)}</span><ul class=reasons>{reasons}</ul>{notes}</section>",
         f"<section><h2>Arms</h2>{_arms_table(analysis.get('arms') or {})}</section>",
         f"<section><h2>Metrics</h2>{_metric_rows(analysis.get('metrics') or {})}</section>",
     ]
@@ -266,8 +332,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     traffic = report.get("traffic") or []
     if traffic:
         labels = [f"{s.get('stage')}: {float(s.get('challenger_percent', 0)):g}%" for s in traffic]
-        series = {arm: [float(s.get(arm) or 0) for s in traffic] for arm in COLOURS}
-        grid.append(_bars_plot(labels, series, "requests"))
+        for key in ("requests", "units"):
+            series = {
+                arm: [float((s.get(key) or {}).get(arm) or 0) for s in traffic] for arm in COLOURS
+            }
+            grid.append(_bars_plot(labels, series, f"{key} per stage"))
     srm = analysis.get("srm") or {}
     detail = report.get("srm_detail") or {}
     if detail.get("observed") and detail.get("expected"):
@@ -288,17 +357,23 @@ def render_html(report: Mapping[str, Any]) -> str:
     srm_text = (
         f"<p>Sample ratio mismatch test: p = {_fmt(srm.get('p_value'), 'p')} — {verdict}.</p>"
     )
+    table = _traffic_table(traffic) if traffic else ""
     parts.append(
-        _section("Traffic and sample ratio", f"{srm_text}<div class=grid>{''.join(grid)}</div>")
+        _section(
+            "Traffic per stage and sample ratio",
+            f"{srm_text}{table}<div class=grid>{''.join(grid)}</div>",
+        )
     )
     history = report.get("decisions") or []
     if history:
         rows = "".join(
             f"<tr><td>{_fmt(d.get('time'))}</td><td>{_fmt(d.get('action'))}</td>"
+            f"<td>{_history_how(d)}</td>"
             f"<td>{html.escape('; '.join(map(str, d.get('reasons') or [])))}</td></tr>"
             for d in history
         )
-        parts.append(f"<section><h2>Decision history</h2><table>{rows}</table></section>")
+        head = "<tr><th>time</th><th>action</th><th></th><th>reasons</th></tr>"
+        parts.append(f"<section><h2>Decision history</h2><table>{head}{rows}</table></section>")
     if report.get("policy"):
         policy_json = html.escape(json.dumps(report["policy"], indent=2))
         parts.append(f"<section><h2>Policy</h2><pre>{policy_json}</pre></section>")

@@ -198,7 +198,7 @@ class Registry:
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         self._meta: dict[tuple[str, str, str], _VersionMeta] = {}
         self._lock = threading.Lock()
-        self._experiment: str | None = None
+        self._experiments: dict[str, str] = {}
 
     @classmethod
     def from_env(cls, data_dir: Path) -> Registry:
@@ -429,27 +429,29 @@ class Registry:
             )
 
     # -- registering -------------------------------------------------------------------
-    def _experiment_id(self) -> str:
-        """Our experiment, created on first use with its artifacts where we want them."""
-        if self._experiment is not None:
-            return self._experiment
-        found = self.client.get_experiment_by_name(EXPERIMENT_NAME)
+    def _experiment_id(self, name: str = EXPERIMENT_NAME) -> str:
+        """Our experiment ``name``, created on first use with its artifacts where we want
+        them (``artifact_root``, or a folder of it named after any other experiment)."""
+        if name in self._experiments:
+            return self._experiments[name]
+        found = self.client.get_experiment_by_name(name)
         if found is None:
-            location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+            root = self.artifact_root
+            if root is not None and name != EXPERIMENT_NAME:
+                root = root / name
+            location = root.resolve().as_uri() if root else None
             try:
-                experiment_id = self.client.create_experiment(
-                    EXPERIMENT_NAME, artifact_location=location
-                )
+                experiment_id = self.client.create_experiment(name, artifact_location=location)
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 # Another process created it between our lookup and our create.
-                found = self.client.get_experiment_by_name(EXPERIMENT_NAME)
+                found = self.client.get_experiment_by_name(name)
                 experiment_id = cast(Any, found).experiment_id
         else:
             experiment_id = found.experiment_id
-        self._experiment = str(experiment_id)
-        return self._experiment
+        self._experiments[name] = str(experiment_id)
+        return self._experiments[name]
 
     def _log(
         self,

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.bundled import resolve_gguf
 from router.api import errors
 from router.api.body_limit import BodyLimit
-from router.api.routes import chat, experiments, feedback, health, models, votes
+from router.api.routes import arena, chat, dashboard, experiments, feedback, health, models, votes
 from router.completions import ChatService
 from router.config import Settings
 from router.evaluation.evaluator import Evaluator
@@ -72,7 +72,9 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         service = ChatService(routes=routes, writer=writer, metrics=metrics, settings=settings)
         registry = source.registry if isinstance(source, RegistryArmSource) else None
         webhook = Webhook(settings.webhook_url) if settings.webhook_url else None
-        evaluator = Evaluator(engine=engine, routes=routes, registry=registry, webhook=webhook)
+        evaluator = Evaluator(
+            engine=engine, routes=routes, registry=registry, webhook=webhook, metrics=metrics
+        )
         await evaluator.sync_routes()  # experiments already running set this process's splits
         evaluating = asyncio.create_task(evaluator.run(settings.evaluation_interval_s))
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
@@ -84,6 +86,7 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
             evaluating.cancel()
+            await evaluator.aclose()  # reports being logged to MLflow
             if webhook is not None:
                 await webhook.aclose()
             if watcher is not None:
@@ -101,7 +104,17 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (chat, models, feedback, health, votes, experiments):
+    for module in (chat, models, feedback, health, votes, experiments, arena, dashboard):
         app.include_router(module.router)
+    if settings.ui_enabled:
+        _mount_ui(app, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _mount_ui(app: FastAPI, settings: Settings) -> None:
+    """The Gradio UI at ``/ui``; it calls this router over HTTP like any other client."""
+    from ui.client import RouterClient  # gradio loads only when the UI is served
+    from ui.mount import mount_ui
+
+    mount_ui(app, RouterClient(settings.ui_router_url))

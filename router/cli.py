@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from router.cli_experiment import add_experiment_commands
 from router.cli_registry import add_registry_commands
+from router.cli_simulate import add_simulate_command
+from ui.cli import add_ui_command
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     add_registry_commands(sub)
     add_experiment_commands(sub)
+    add_simulate_command(sub)
+    add_ui_command(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """One chat completion, end to end: assign an arm, call it, fall back, log, count.
 
 Every request ends in exactly one inference row (``_finish``), whatever happened; shadow
-calls add their own rows with arm ``shadow``.
+calls add their own rows with arm ``shadow``. ``complete_arm``/``stream_arm`` answer from
+an arm the caller picks (the arena's two sides) on the same path, without fallback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,6 +32,14 @@ from router.schemas import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedArm:
+    """An arm chosen by the caller instead of the split, and the reason the row records."""
+
+    arm: ArmName
+    reason: str
 
 
 class ChatService:
@@ -56,19 +67,9 @@ class ChatService:
         self, body: ChatCompletionRequest, *, unit: str | None, arm_override: str | None
     ) -> tuple[bytes, dict[str, str]]:
         """A whole ``chat.completion``: the JSON body and the response headers."""
-        record = self._record(body)
-        try:
-            route, arm, params = self._prepare(record, body, unit, arm_override)
-            served, result = await self._with_fallback(
-                record, route, arm, lambda a: self._timed(a.backend.complete(params))
-            )
-            self._succeed(record, served, result)
-            return _completion_json(record, result), _headers(record)
-        except BaseException as exc:
-            _record_failure(record, exc)
-            raise
-        finally:
-            self._finish(record)
+        started = self._start(body, unit, arm_override, None)
+        record, result = await self._answer(started, fallback=True)
+        return _completion_json(record, result), _headers(record)
 
     async def stream(
         self, body: ChatCompletionRequest, *, unit: str | None, arm_override: str | None
@@ -78,23 +79,53 @@ class ChatService:
         The first token is awaited before returning, so a challenger that fails to start
         still falls back to the champion and the headers name the arm that answers.
         """
-        record = self._record(body)
-        try:
-            route, arm, params = self._prepare(record, body, unit, arm_override)
-            served, (deltas, head) = await self._with_fallback(
-                record, route, arm, lambda a: self._open_stream(a, params)
-            )
-        except BaseException as exc:
-            _record_failure(record, exc)
-            self._finish(record)
-            raise
-        record.served_arm, record.served_model_version = served.role, served.version
+        record, route, arm, params = self._start(body, unit, arm_override, None)
+        deltas, head = await self._open(record, route, arm, params, fallback=True)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = self._sse(record, deltas, head, include_usage)
+        events = self._sse(record, self._relay(record, deltas, head), include_usage)
         # A client that leaves before the first event means the generator never starts,
         # so its ``finally`` never runs: log the request when the generator is collected.
         weakref.finalize(events, self._abandoned, record)
         return events, _headers(record)
+
+    async def complete_arm(
+        self, body: ChatCompletionRequest, *, arm: ArmName, reason: str, unit: str | None
+    ) -> tuple[RequestRecord, Completion]:
+        """A whole answer from ``arm`` itself: no split, no fallback, no shadow copy.
+
+        The row records ``arm`` and ``reason``. Raises like ``complete``; a ``CanaryError``
+        carries the ``request_id`` of the row that logged it.
+        """
+        started = self._start(body, unit, None, ForcedArm(arm, reason))
+        return await self._answer(started, fallback=False)
+
+    def stream_arm(
+        self, body: ChatCompletionRequest, *, arm: ArmName, reason: str, unit: str | None
+    ) -> tuple[RequestRecord, AsyncGenerator[str, None]]:
+        """The row being filled and the text pieces of ``arm``'s streamed answer.
+
+        Nothing is called until the pieces are iterated, so the request id is known
+        first. A failure, before or after the first piece, is logged and raised from the
+        iteration; the row is logged once the pieces end.
+        """
+        record, route, chosen, params = self._start(body, unit, None, ForcedArm(arm, reason))
+        # Hold the version now: a swap before the first iteration must not close it.
+        self._hold(record, chosen)
+        pieces = self._open_and_relay(record, route, chosen, params)
+        weakref.finalize(pieces, self._abandoned, record)
+        return record, pieces
+
+    def check(self, body: ChatCompletionRequest) -> Route:
+        """The route ``body`` asks for, once its limits are checked (404/400 otherwise)."""
+        route = self.routes.get(body.model)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if max_tokens is not None and max_tokens > self._settings.max_tokens_limit:
+            raise InvalidRequest(
+                f"max_tokens is {max_tokens}; this router allows at most "
+                f"{self._settings.max_tokens_limit}.",
+                code="max_tokens_too_large",
+            )
+        return route
 
     def log_rejected(self, route: str, message: str, status_code: int, code: str) -> None:
         """Log a request refused before it reached a route (malformed JSON, bad fields)."""
@@ -120,45 +151,111 @@ class ChatService:
             messages=messages,
         )
 
+    def _start(
+        self,
+        body: ChatCompletionRequest,
+        unit: str | None,
+        arm_override: str | None,
+        forced: ForcedArm | None,
+    ) -> tuple[RequestRecord, Route, Arm, ChatParams]:
+        """The request's row, route, arm and parameters; a refusal is logged and raised."""
+        record = self._record(body)
+        try:
+            return (record, *self._prepare(record, body, unit, arm_override, forced))
+        except BaseException as exc:
+            _record_failure(record, exc)
+            self._finish(record)
+            raise
+
     def _prepare(
         self,
         record: RequestRecord,
         body: ChatCompletionRequest,
         unit: str | None,
         arm_override: str | None,
+        forced: ForcedArm | None,
     ) -> tuple[Route, Arm, ChatParams]:
-        route = self.routes.get(body.model)
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        if max_tokens is not None and max_tokens > self._settings.max_tokens_limit:
-            raise InvalidRequest(
-                f"max_tokens is {max_tokens}; this router allows at most "
-                f"{self._settings.max_tokens_limit}.",
-                code="max_tokens_too_large",
+        route = self.check(body)
+        unit_id = body.user or unit
+        reason: str
+        if forced is None:
+            a = assign(
+                route=route.name,
+                salt=route.salt,
+                challenger_bps=route.challenger_bps,
+                has_challenger=route.challenger is not None,
+                unit_id=unit_id,
+                override=self._override(arm_override),
             )
-        override = self._override(arm_override)
-        a = assign(
-            route=route.name,
-            salt=route.salt,
-            challenger_bps=route.challenger_bps,
-            has_challenger=route.challenger is not None,
-            unit_id=body.user or unit,
-            override=override,
-        )
-        arm = route.arm(a.arm)
+            role, unit_id, reason, record.bucket = a.arm, a.unit_id, a.reason, a.bucket
+        else:
+            if forced.arm == "challenger" and route.challenger is None:
+                raise InvalidRequest(
+                    f"Route {route.name!r} has no challenger.", code="no_challenger"
+                )
+            role, reason = forced.arm, forced.reason
+            unit_id = unit_id or f"anon-{uuid.uuid4().hex}"
+        arm = route.arm(role)
         record.experiment_id = route.experiment_id
-        record.arm, record.model_name, record.model_version = a.arm, arm.model, arm.version
-        record.unit_id, record.assignment_reason, record.bucket = a.unit_id, a.reason, a.bucket
+        record.arm, record.model_name, record.model_version = role, arm.model, arm.version
+        record.unit_id, record.assignment_reason = unit_id, reason
         params = ChatParams(
             messages=[{"role": _role(m.role), "content": m.content} for m in body.messages],
-            max_tokens=max_tokens,
+            max_tokens=body.max_completion_tokens or body.max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             stop=body.stop,  # type: ignore[arg-type]  # normalised to a list by the schema
             seed=body.seed,
         )
-        if a.arm == "champion" and route.shadow and route.challenger is not None:
+        shadowed = forced is None and role == "champion" and route.shadow
+        if shadowed and route.challenger is not None:
             self._start_shadow(route, route.challenger, params, record)
         return route, arm, params
+
+    async def _answer(
+        self, started: tuple[RequestRecord, Route, Arm, ChatParams], *, fallback: bool
+    ) -> tuple[RequestRecord, Completion]:
+        """Call the arm for a whole answer; with ``fallback`` a failing challenger's request
+        goes to the champion."""
+        record, route, arm, params = started
+        try:
+            served, result = await self._with_fallback(
+                record,
+                route,
+                arm,
+                lambda a: self._timed(a.backend.complete(params)),
+                fallback=fallback,
+            )
+            self._succeed(record, served, result)
+            return record, result
+        except BaseException as exc:
+            _record_failure(record, exc)
+            raise
+        finally:
+            self._finish(record)
+
+    async def _open(
+        self, record: RequestRecord, route: Route, arm: Arm, params: ChatParams, *, fallback: bool
+    ) -> tuple[AsyncIterator[Delta], list[Delta]]:
+        """Start the arm's stream up to its first token; a failure is logged and raised."""
+        try:
+            served, opened = await self._with_fallback(
+                record, route, arm, lambda a: self._open_stream(a, params), fallback=fallback
+            )
+        except BaseException as exc:
+            _record_failure(record, exc)
+            self._finish(record)
+            raise
+        record.served_arm, record.served_model_version = served.role, served.version
+        return opened
+
+    async def _open_and_relay(
+        self, record: RequestRecord, route: Route, arm: Arm, params: ChatParams
+    ) -> AsyncGenerator[str, None]:
+        deltas, head = await self._open(record, route, arm, params, fallback=False)
+        async with aclosing(self._relay(record, deltas, head)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     def _override(self, header: str | None) -> ArmName | None:
         if header is None or not self._settings.allow_arm_override:
@@ -185,13 +282,15 @@ class ChatService:
         route: Route,
         arm: Arm,
         attempt: Callable[[Arm], Awaitable[T]],
+        *,
+        fallback: bool,
     ) -> tuple[Arm, T]:
         """Try the assigned arm; a failing challenger hands the request to the champion."""
         self._hold(record, arm)
         try:
             return arm, await attempt(arm)
         except BackendError as exc:
-            if arm.role != "challenger":
+            if not fallback or arm.role != "challenger":
                 raise
             record.fail(exc, status=FALLBACK)
             log.warning(
@@ -223,18 +322,16 @@ class ChatService:
             raise
         return deltas, head
 
-    async def _sse(
-        self,
-        record: RequestRecord,
-        deltas: AsyncIterator[Delta],
-        head: list[Delta],
-        include_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        chunk = _ChunkWriter(record)
+    async def _relay(
+        self, record: RequestRecord, deltas: AsyncIterator[Delta], head: list[Delta]
+    ) -> AsyncGenerator[str, None]:
+        """The answer's text pieces, filling the row as they pass; logs the row at the end.
+
+        A failure mid-stream is recorded on the row and raised as a ``CanaryError``.
+        """
         parts: list[str] = []
         finish, usage = "stop", None
         try:
-            yield chunk.event({"role": "assistant", "content": ""})
             pending = iter(head)
             while True:
                 delta = next(pending, None)
@@ -248,29 +345,44 @@ class ChatService:
                 if delta.text:
                     record.mark_first_token()
                     parts.append(delta.text)
-                    yield chunk.event({"content": delta.text})
+                    yield delta.text
                 if delta.finish_reason:
                     finish, usage = delta.finish_reason, delta.usage
             record.response_text = "".join(parts)
             self._succeed(record, None, Completion(record.response_text, finish, usage or Usage()))
-            yield chunk.event({}, finish_reason=finish)
-            if include_usage:
-                yield chunk.usage(record)
-            yield b"data: [DONE]\n\n"
         except asyncio.CancelledError as exc:  # the client went away mid-stream
             record.response_text = "".join(parts)
             _record_failure(record, exc)
             raise
         except (CanaryError, TimeoutError) as exc:
-            # Headers are gone: the error travels as one last event, as OpenAI does.
             error = exc if isinstance(exc, CanaryError) else BackendTimeout("the stream stalled")
             record.response_text = "".join(parts)
             record.status = OK  # a mid-stream failure is the served arm's, not a fallback
             record.fail(error)
-            yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             await deltas.aclose()  # type: ignore[attr-defined]
             self._finish(record)
+
+    async def _sse(
+        self, record: RequestRecord, pieces: AsyncGenerator[str, None], include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        """``chat.completion.chunk`` events around the relayed pieces."""
+        chunk = _ChunkWriter(record)
+        async with aclosing(pieces):
+            try:
+                yield chunk.event({"role": "assistant", "content": ""})
+                async for piece in pieces:
+                    yield chunk.event({"content": piece})
+                yield chunk.event({}, finish_reason=record.finish_reason)
+                if include_usage:
+                    yield chunk.usage(record)
+                yield b"data: [DONE]\n\n"
+            except CanaryError as error:
+                # Headers are gone: the error travels as one last event, as OpenAI does.
+                yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
 
     def _succeed(self, record: RequestRecord, served: Arm | None, result: Completion) -> None:
         if served is not None:

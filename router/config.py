@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = None
 
+    ui_enabled: bool = Field(default=True, description="Serve the Gradio UI at /ui.")
+    ui_router_url: str | None = Field(
+        default=None,
+        description="The URL the mounted UI calls this router on; None: the address and "
+        "port the UI page itself was served from (whatever port the server listens on).",
+    )
+
     store_prompts: bool = Field(default=True, description="False: keep lengths and hashes only.")
     log_queue_size: int = Field(default=10_000, ge=1)
     log_batch_size: int = Field(default=500, ge=1)

@@ -53,6 +53,15 @@ class Metrics:
         self.votes = Counter(
             "canary_votes", "Pairwise votes by outcome.", ("route", "outcome"), registry=r
         )
+        self.arena_battles = Counter(
+            "canary_arena_battles", "Arena battles started.", ("route",), registry=r
+        )
+        self.arena_votes = Counter(
+            "canary_arena_votes",
+            "Votes on arena battles by outcome (also in canary_votes_total).",
+            ("route", "outcome"),
+            registry=r,
+        )
         self.traffic_weight = Gauge(
             "canary_traffic_weight_ratio",
             "Share of units assigned to each arm.",
@@ -76,4 +85,9 @@ class Metrics:
         )
         self.log_write_failures = Counter(
             "canary_log_write_failures", "Failed batch writes (each is retried).", registry=r
+        )
+        self.report_log_failures = Counter(
+            "canary_report_log_failures",
+            "Failed attempts to log an ended experiment's report to MLflow (each is retried).",
+            registry=r,
         )

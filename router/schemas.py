@@ -192,3 +192,172 @@ class ExperimentIn(BaseModel):
         if v is not None and any(not 0 < s <= 100 for s in v):
             raise ValueError("every stage is a challenger percentage in (0, 100]")
         return v
+
+
+# -- arena ----------------------------------------------------------------------------------
+
+Winner = Literal["a", "b", "tie", "both_bad"]
+WinnerArm = Literal["champion", "challenger", "tie", "both_bad"]
+
+
+class BattleIn(BaseModel):
+    """``POST /v1/arena/battles``: one prompt, answered by both arms, shown blind as a and b."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1)
+    user: str | None = Field(
+        default=None, max_length=200, description="Who asks; the unit of both answers' rows."
+    )
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stream: bool = Field(
+        default=False, description="Server-sent events: battle, then both sides interleaved."
+    )
+
+
+class BattleAnswer(BaseModel):
+    """One side's answer, with nothing that tells who gave it."""
+
+    content: str | None = Field(description="None when the side failed (see error).")
+    finish_reason: str | None
+    error: str | None = Field(description="A readable message when the side failed.")
+
+
+class BattlePublic(BaseModel):
+    """A battle as it is created: two blind answers."""
+
+    battle_id: str
+    route: str
+    created_at: datetime
+    a: BattleAnswer
+    b: BattleAnswer
+
+
+class BattleSide(BaseModel):
+    """Who answered one side: revealed by the vote."""
+
+    arm: Literal["champion", "challenger"]
+    model: str | None
+    version: str | None
+    request_id: str
+
+
+class RevealedAnswer(BattleAnswer):
+    """One side's answer and who gave it (once the battle is voted on)."""
+
+    arm: Literal["champion", "challenger"]
+    model: str | None
+    version: str | None
+    request_id: str
+
+
+class BattleVoteIn(BaseModel):
+    """``POST /v1/arena/battles/{battle_id}/vote``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    winner: Winner = Field(
+        description="'a' or 'b': that answer was better; 'tie'; 'both_bad': neither was good."
+    )
+    user: str | None = Field(
+        default=None, max_length=200, description="Who votes; default: the battle's unit."
+    )
+
+
+class BattleVotePublic(BaseModel):
+    """The stored vote and who each side was."""
+
+    battle_id: str
+    winner: Winner
+    winner_arm: WinnerArm
+    a: BattleSide
+    b: BattleSide
+
+
+class BattleState(BaseModel):
+    """``GET /v1/arena/battles/{battle_id}``: the answers, and who was who once voted on.
+
+    Before the vote ``a``/``b`` hold only content, finish reason and error; a side still
+    being answered has all three None.
+    """
+
+    battle_id: str
+    route: str
+    created_at: datetime
+    revealed: bool
+    winner: Winner | None
+    winner_arm: WinnerArm | None
+    a: RevealedAnswer | BattleAnswer
+    b: RevealedAnswer | BattleAnswer
+
+
+# -- dashboard ------------------------------------------------------------------------------
+
+
+class DashboardArm(BaseModel):
+    """One arm over the dashboard's window; None where there is no data yet."""
+
+    model: str
+    version: str
+    requests: int
+    errors: int = Field(description="Failed requests: error, timeout or fallback.")
+    error_rate: float | None
+    latency_p50_ms: float | None = Field(description="Successful requests, end to end.")
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None = Field(description="Successful streamed requests.")
+    tokens_per_s: float | None = Field(
+        description="Completion tokens per second of request time, successful requests."
+    )
+    thumbs_up: int
+    thumbs_down: int
+    thumbs_up_rate: float | None
+    thumbs_up_ci: list[float] | None = Field(description="95% Wilson score interval.")
+
+
+class DashboardVotes(BaseModel):
+    """Pairwise votes between the arms, with Bradley-Terry ratings (Chatbot Arena's scale)."""
+
+    challenger_wins: int
+    champion_wins: int
+    ties: int
+    both_bad: int
+    win_rate: float | None = Field(description="Challenger wins / decisive votes.")
+    bradley_terry: dict[str, float | None]
+    bradley_terry_ci: dict[str, list[float] | None] = Field(description="Bootstrap 95%.")
+
+
+class TimelinePoint(BaseModel):
+    """One arm in one time bucket (every bucket of the window, empty ones included)."""
+
+    time: datetime = Field(description="Start of the bucket (UTC).")
+    arm: str
+    requests: int
+    errors: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ups: int
+    rated: int
+    thumbs_up_rate: float | None
+    ci_low: float | None = Field(description="95% Wilson score interval of the bucket's rate.")
+    ci_high: float | None
+
+
+class Dashboard(BaseModel):
+    """``GET /v1/routes/{route}/dashboard``: the route's live figures per arm and over time.
+
+    Scope: the route's live experiment when one runs, else its rows outside any
+    experiment; requests since ``since`` (``window_s`` before ``generated_at``).
+    """
+
+    route: str
+    experiment_id: str | None
+    generated_at: datetime
+    since: datetime
+    window_s: int
+    bucket_s: int
+    weights: dict[str, float] = Field(description="Share of units per arm, 0..1.")
+    arms: dict[str, DashboardArm | None]
+    votes: DashboardVotes
+    timeline: list[TimelinePoint]

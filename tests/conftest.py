@@ -47,6 +47,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("routes", fake_routes())
         overrides.setdefault("log_format", "text")
+        # Building the Gradio UI costs ~1 s per router; tests of the UI turn it on.
+        overrides.setdefault("ui_enabled", False)
         return Settings(data_dir=tmp_path / "data", **overrides)
 
     return make

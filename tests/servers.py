@@ -74,10 +74,11 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 
 
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on a free loopback port with its own stores in ``root``."""
+def mlflow_server(root: Path, *, port: int | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port (or ``port``) with its own stores
+    in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
@@ -102,7 +103,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # minutes on a loaded 2-core machine
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()}")
@@ -112,7 +113,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server on {url} did not answer in 90 s")
+                raise TimeoutError(f"mlflow server on {url} did not answer in 180 s")
             time.sleep(0.2)
         yield url
     finally:

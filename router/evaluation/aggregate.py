@@ -9,6 +9,12 @@ Rows that count: the route's rows of the experiment (``experiment_id`` None mean
 logged outside any experiment), assigned to ``champion`` or ``challenger`` (shadow copies
 are not assigned traffic), and not ``rejected`` (a refused request never reached an arm).
 
+Units of the split: only rows the traffic split assigned (``assignment_reason`` in
+:data:`SPLIT`) make a unit count towards its arm's ``units`` — what the SRM check and the
+per-stage minimums read. A forced arm (the ``X-Canary-Arm`` override, an arena battle
+asking both arms) says nothing about the split; those rows still count as requests of
+their arm (errors, ratings, latency) and their votes count.
+
 Per-unit sums feed the delta method (Deng, Knoblich & Lu, "Applying the Delta Method in
 Metric Analytics", KDD 2018): for each unit u, ``x_u`` successes out of ``y_u`` trials;
 the database groups by (arm, unit), then sums x, y, x², y² and xy per arm.
@@ -16,7 +22,10 @@ the database groups by (arm, unit), then sums x, y, x², y² and xy per arm.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -28,17 +37,29 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    exists,
     extract,
     func,
     literal,
+    or_,
     select,
 )
 
 from experiments.stats import ArmStats, RatioSums, VoteCounts
+from router.evaluation.snapshot import concurrent_reads
 from router.inference_log.models import Feedback, InferenceRecord, Vote
 from router.inference_log.record import ERROR, FALLBACK, OK, REJECTED, TIMEOUT
 
-__all__ = ["ARMS", "FAILED", "aggregate", "timeline"]
+__all__ = [
+    "ARMS",
+    "FAILED",
+    "SPLIT",
+    "aggregate",
+    "aggregate_stage",
+    "stage_traffic",
+    "timeline",
+    "units_since",
+]
 
 LOG = InferenceRecord.__table__  # type: ignore[attr-defined]
 FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
@@ -48,6 +69,9 @@ ARMS = ("champion", "challenger")
 #: Statuses that count as a failed request of the assigned arm (a fallback answered, but
 #: from the other arm). A client that went away mid-stream is not the arm's failure.
 FAILED = (ERROR, TIMEOUT, FALLBACK)
+#: Assignment reasons of rows the traffic split placed (router.assignment): the rest were
+#: forced onto their arm ("override", "arena", "champion_only").
+SPLIT = ("hash", "unassigned")
 
 
 def aggregate(
@@ -63,42 +87,93 @@ def aggregate(
     ``since`` keeps requests (and votes) from that moment on; latency and TTFT are
     samples of at most ``latency_sample`` successful requests per arm.
     """
-    since = _utc(since)
-    # One read transaction, so every query sees the same snapshot (on Postgres).
-    with engine.connect() as conn, conn.begin():
-        errors = _unit_sums(conn, _error_units(route, experiment_id, since))
-        thumbs = _unit_sums(conn, _thumb_units(route, experiment_id, since))
-        arms = {}
-        for arm in ARMS:
-            err = errors.get(arm, (0, RatioSums()))
-            arms[arm] = ArmStats(
-                requests=int(err[1].sum_y),
-                units=err[0],
-                errors=err[1],
-                thumbs=thumbs.get(arm, (0, RatioSums()))[1],
-                latency_ms=_sample(
-                    conn, route, experiment_id, since, arm, "latency_ms", latency_sample
-                ),
-                ttft_ms=_sample(conn, route, experiment_id, since, arm, "ttft_ms", latency_sample),
-            )
-        votes = _votes(conn, route, experiment_id, since)
+    arms, votes, _ = aggregate_stage(
+        engine,
+        route=route,
+        experiment_id=experiment_id,
+        since=since,
+        latency_sample=latency_sample,
+    )
     return arms, votes
+
+
+def aggregate_stage(
+    engine: Engine,
+    *,
+    route: str,
+    experiment_id: str | None,
+    since: datetime | None = None,
+    stage_since: datetime | None = None,
+    latency_sample: int = 20_000,
+) -> tuple[dict[str, ArmStats], VoteCounts, dict[str, int]]:
+    """``aggregate``, plus the units the split assigned per arm since ``stage_since`` (the
+    current stage's start; None: since ``since``): what SRM and per-stage minimums count.
+
+    The stage's units come out of the same scan as the error sums. The scans (errors, one
+    per arm; thumbs; samples and votes) run at once on one snapshot
+    (``snapshot.concurrent_reads``).
+    """
+    since, stage_since = _utc(since), _utc(stage_since)
+    with concurrent_reads(engine, 4) as submit:
+        error_jobs = [
+            submit(
+                partial(
+                    _unit_sums,
+                    per_unit=_error_units(route, experiment_id, since, stage_since, arm=arm),
+                )
+            )
+            for arm in ARMS
+        ]
+        thumbs_job = submit(
+            lambda conn: _unit_sums(conn, _thumb_units(route, experiment_id, since))
+        )
+
+        def samples_and_votes(
+            conn: Connection,
+        ) -> tuple[dict[tuple[str, str], tuple[float, ...]], VoteCounts]:
+            samples = {
+                (arm, column): _sample(
+                    conn, route, experiment_id, since, arm, column, latency_sample
+                )
+                for arm in ARMS
+                for column in ("latency_ms", "ttft_ms")
+            }
+            return samples, _votes(conn, route, experiment_id, since)
+
+        rest_job = submit(samples_and_votes)
+    errors = {arm: sums for job in error_jobs for arm, sums in job.result().items()}
+    thumbs = thumbs_job.result()
+    samples, votes = rest_job.result()
+    arms, stage_units = {}, {}
+    for arm in ARMS:
+        err = errors.get(arm, UnitSums())
+        arms[arm] = ArmStats(
+            requests=int(err.sums.sum_y),
+            units=err.split_units,  # err.sums.units counts every unit, forced ones too
+            errors=err.sums,
+            thumbs=thumbs.get(arm, UnitSums()).sums,
+            latency_ms=samples[(arm, "latency_ms")],
+            ttft_ms=samples[(arm, "ttft_ms")],
+        )
+        stage_units[arm] = err.stage_units
+    return arms, votes, stage_units
 
 
 def units_since(
     engine: Engine, *, route: str, experiment_id: str | None, since: datetime
 ) -> dict[str, int]:
-    """Distinct units per arm since ``since``: what SRM and per-stage minimums count.
+    """Distinct units the split assigned per arm since ``since``: what SRM and per-stage
+    minimums count.
 
     One index-ordered COUNT(DISTINCT), far cheaper than a second ``aggregate``.
     """
     query = (
         select(LOG.c.arm, func.count(LOG.c.unit_id.distinct()))
-        .where(*_counted(route, experiment_id, _utc(since)))
+        .where(*_counted(route, experiment_id, _utc(since)), LOG.c.assignment_reason.in_(SPLIT))
         .group_by(LOG.c.arm)
     )
     with engine.connect() as conn:
-        counts: dict[str, int] = {arm: n for arm, n in conn.execute(query).tuples()}
+        counts: dict[str, int] = {arm: n for arm, n in conn.execute(query)}
     return {arm: int(counts.get(arm, 0)) for arm in ARMS}
 
 
@@ -154,6 +229,43 @@ def timeline(
     ]
 
 
+def stage_traffic(
+    engine: Engine, *, route: str, experiment_id: str, starts: Sequence[datetime]
+) -> list[dict[str, dict[str, int]]]:
+    """Per stage, requests and split-assigned units of each arm.
+
+    Stage ``k`` runs from ``starts[k]`` to ``starts[k + 1]`` (the last one to now); rows
+    are those of the experiment, so none comes before ``starts[0]``. Returns one
+    ``{"requests": {arm: n}, "units": {arm: n}}`` per stage, in order. A unit seen in two
+    stages counts in both (it is traffic of each).
+    """
+    if not starts:
+        return []
+    bounds = [_utc(s) for s in starts[1:]]
+    stage: ColumnElement[Any] = (
+        case(*((LOG.c.created_at < b, k) for k, b in enumerate(bounds)), else_=len(bounds))
+        if bounds
+        else literal(0)
+    ).label("stage")
+    split_unit = case((LOG.c.assignment_reason.in_(SPLIT), LOG.c.unit_id))
+    query = (
+        select(
+            stage,
+            LOG.c.arm,
+            func.count().label("requests"),
+            func.count(split_unit.distinct()).label("units"),
+        )
+        .where(*_counted(route, experiment_id, None))
+        .group_by(stage, LOG.c.arm)
+    )
+    out = [{key: dict.fromkeys(ARMS, 0) for key in ("requests", "units")} for _ in starts]
+    with engine.connect() as conn:
+        for r in conn.execute(query):
+            out[int(r.stage)]["requests"][r.arm] = int(r.requests)
+            out[int(r.stage)]["units"][r.arm] = int(r.units)
+    return out
+
+
 # -- the queries --------------------------------------------------------------------------
 
 
@@ -182,15 +294,33 @@ def _counted(route: str, experiment_id: str | None, since: datetime | None) -> l
     return where
 
 
-def _error_units(route: str, experiment_id: str | None, since: datetime | None) -> Select[Any]:
-    """Per (arm, unit): x = failed requests, y = requests."""
+def _error_units(
+    route: str,
+    experiment_id: str | None,
+    since: datetime | None,
+    stage_since: datetime | None = None,
+    *,
+    arm: str | None = None,
+) -> Select[Any]:
+    """Per (arm, unit): x = failed requests, y = requests; ``split`` = 1 when the traffic
+    split assigned the unit at least once, ``stage`` (only with ``stage_since``) = 1 when it
+    did since then. ``arm`` keeps one arm's rows (a range of the index of its own)."""
+    split = LOG.c.assignment_reason.in_(SPLIT)
+    columns = [
+        LOG.c.arm,
+        func.sum(case((LOG.c.status.in_(FAILED), 1), else_=0)).label("x"),
+        func.count().label("y"),
+        func.max(case((split, 1), else_=0)).label("split"),
+    ]
+    if stage_since is not None:
+        in_stage = and_(split, LOG.c.created_at >= stage_since)
+        columns.append(func.max(case((in_stage, 1), else_=0)).label("stage"))
+    where = _counted(route, experiment_id, since)
+    if arm is not None:
+        where.append(LOG.c.arm == arm)
     return (
-        select(
-            LOG.c.arm,
-            func.sum(case((LOG.c.status.in_(FAILED), 1), else_=0)).label("x"),
-            func.count().label("y"),
-        )
-        .where(*_counted(route, experiment_id, since))
+        select(*columns)
+        .where(*where)
         # The router gives every assigned row a unit (``anon-<uuid>`` when the client sent
         # none), so grouping by the column keeps the index order (no sort of 1M rows).
         .group_by(LOG.c.arm, LOG.c.unit_id)
@@ -200,34 +330,36 @@ def _error_units(route: str, experiment_id: str | None, since: datetime | None) 
 def _latest_ratings(route: str, experiment_id: str | None, since: datetime | None) -> Any:
     """The latest rating of each counted request, whoever gave it: (arm, unit, created, value).
 
-    The window reads ``ix_feedback_latest`` in order (no sort, no table reads). Then each
-    rated request (~10% of requests) is looked up by primary key: the filters on the log
-    are wrapped in ``coalesce`` (a no-op, those columns are NOT NULL or compared with
+    A rating is the latest when no other rating of its request is later (by ``updated_at``,
+    then ``id``): an anti-join probing ``ix_feedback_latest`` (no table reads). Measured on
+    1M requests, 20% faster than a window over every rating, on SQLite and Postgres. Then
+    each rated request (~10% of requests) is looked up by primary key: the filters on the
+    log are wrapped in ``coalesce`` (a no-op, those columns are NOT NULL or compared with
     their own value) so that no planner is tempted to scan a million index entries from
     the log's side and probe the ratings for each.
     """
-    newest_first = func.row_number().over(
-        partition_by=FEEDBACK.c.request_id,
-        order_by=(FEEDBACK.c.updated_at.desc(), FEEDBACK.c.id.desc()),
+    later = FEEDBACK.alias("later")
+    superseded = exists().where(
+        later.c.request_id == FEEDBACK.c.request_id,
+        or_(
+            later.c.updated_at > FEEDBACK.c.updated_at,
+            and_(later.c.updated_at == FEEDBACK.c.updated_at, later.c.id > FEEDBACK.c.id),
+        ),
     )
-    ranked = select(FEEDBACK.c.request_id, FEEDBACK.c.value, newest_first.label("rank"))
-    if since is not None:
-        # A counted request was made after ``since``, and so was every rating of it.
-        ranked = ranked.where(FEEDBACK.c.updated_at >= since)
-    rated = ranked.subquery("ranked")
     experiment = func.coalesce(LOG.c.experiment_id, "")
     where = [
-        rated.c.rank == 1,
+        ~superseded,
         func.coalesce(LOG.c.route, "") == route,
         experiment == "" if experiment_id is None else experiment == experiment_id,
         func.coalesce(LOG.c.arm, "").in_(ARMS),
         LOG.c.status != REJECTED,
     ]
     if since is not None:
-        where.append(LOG.c.created_at >= since)
+        # A counted request was made after ``since``, and so was every rating of it.
+        where += [FEEDBACK.c.updated_at >= since, LOG.c.created_at >= since]
     return (
-        select(LOG.c.arm, LOG.c.unit_id, LOG.c.created_at, rated.c.value)
-        .select_from(rated.join(LOG, LOG.c.request_id == rated.c.request_id))
+        select(LOG.c.arm, LOG.c.unit_id, LOG.c.created_at, FEEDBACK.c.value)
+        .select_from(FEEDBACK.join(LOG, LOG.c.request_id == FEEDBACK.c.request_id))
         .where(*where)
         .subquery("latest")
     )
@@ -243,10 +375,20 @@ def _thumb_units(route: str, experiment_id: str | None, since: datetime | None) 
     ).group_by(latest.c.arm, latest.c.unit_id)
 
 
-def _unit_sums(conn: Connection, per_unit: Select[Any]) -> dict[str, tuple[int, RatioSums]]:
-    """Sum a per-(arm, unit) query per arm: (units, RatioSums over units with y > 0)."""
+@dataclass(frozen=True, slots=True)
+class UnitSums:
+    """One arm's per-unit sums, and how many of its units the split assigned (in all, and
+    in the current stage: all of them without a ``stage`` column); 0 without ``split``."""
+
+    sums: RatioSums = field(default_factory=RatioSums)
+    split_units: int = 0
+    stage_units: int = 0
+
+
+def _unit_sums(conn: Connection, per_unit: Select[Any]) -> dict[str, UnitSums]:
+    """Sum a per-(arm, unit) query per arm: RatioSums over its units (all have y > 0)."""
     u = per_unit.subquery("per_unit")
-    stmt = select(
+    columns = [
         u.c.arm,
         func.count().label("units"),
         func.sum(u.c.x).label("sum_x"),
@@ -254,9 +396,11 @@ def _unit_sums(conn: Connection, per_unit: Select[Any]) -> dict[str, tuple[int, 
         func.sum(u.c.x * u.c.x).label("sum_x2"),
         func.sum(u.c.y * u.c.y).label("sum_y2"),
         func.sum(u.c.x * u.c.y).label("sum_xy"),
-    ).group_by(u.c.arm)
+    ]
+    counts = [name for name in ("split", "stage") if name in u.c]
+    columns += [func.sum(u.c[name]).label(name) for name in counts]
     out = {}
-    for r in conn.execute(stmt):
+    for r in conn.execute(select(*columns).group_by(u.c.arm)):
         sums = RatioSums(
             units=int(r.units),
             sum_x=float(r.sum_x),
@@ -265,7 +409,9 @@ def _unit_sums(conn: Connection, per_unit: Select[Any]) -> dict[str, tuple[int, 
             sum_y2=float(r.sum_y2),
             sum_xy=float(r.sum_xy),
         )
-        out[r.arm] = (int(r.units), sums)
+        extra = {name: int(r._mapping[name] or 0) for name in counts}
+        split = extra.get("split", 0)
+        out[r.arm] = UnitSums(sums, split, extra.get("stage", split))
     return out
 
 

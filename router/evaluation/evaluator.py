@@ -6,24 +6,28 @@ challenger and alerts. Manual mode (``policy.auto`` false) only recommends. Expe
 state lives in the database; every router process applies it to its routes on each tick
 (``sync_routes``), so replicas agree, and one process at a time acts
 (``store.transition``).
+
+An experiment that ends leaves its promotion report in MLflow (``registry.reports``): it
+is logged in the background, after the decision is committed, so a registry that is down
+never undoes or delays a decision; a report that failed to log is retried on later ticks
+(with backoff) or on ``publish_report``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from experiments.analysis import Analysis, analyse
 from experiments.policy import Policy
-from experiments.report import report_input
 from router.assignment import BUCKETS
-from router.errors import Conflict, InvalidRequest, NotFound
-from router.evaluation import store
-from router.evaluation.aggregate import aggregate, timeline, units_since
+from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
+from router.evaluation import reporting, store
+from router.evaluation.aggregate import aggregate_stage
 from router.evaluation.models import HALTED, LIVE, PAUSED, PROMOTED, ROLLED_BACK, RUNNING
 from router.evaluation.webhook import Webhook
 from router.inference_log.models import utcnow
@@ -31,11 +35,16 @@ from router.routes_table import RouteTable
 
 if TYPE_CHECKING:
     from registry.store import Registry
+    from router.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 #: Final status an acted decision leaves the experiment in.
 _ENDS = {"promote": PROMOTED, "rollback": ROLLED_BACK, "halt": HALTED}
+#: Retry a report that failed to log after this many seconds, doubling up to the maximum.
+_RETRY_S, _MAX_RETRY_S = 30.0, 3600.0
+#: Reports rendered and logged at once by the retry loop (each runs SQL and matplotlib).
+_MAX_PUBLISHING = 2
 
 
 class Evaluator:
@@ -46,11 +55,16 @@ class Evaluator:
         routes: RouteTable,
         registry: Registry | None = None,
         webhook: Webhook | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
         self._routes = routes
         self._registry = registry
         self._webhook = webhook
+        self._metrics = metrics
+        #: Report logging in flight, and when a failed one may be retried (monotonic s).
+        self._publishing: dict[str, asyncio.Task[str]] = {}
+        self._retry_at: dict[str, tuple[float, float]] = {}
 
     # -- experiments ----------------------------------------------------------------------
     async def start(
@@ -89,12 +103,96 @@ class Evaluator:
 
     async def _decided(self, experiment_id: str, decision: dict[str, Any]) -> None:
         await self.sync_routes()
+        exp = await asyncio.to_thread(
+            store.get_experiment, self._engine, experiment_id=experiment_id
+        )
+        if exp is None:
+            return
+        if self._registry is not None and exp["status"] not in LIVE:
+            self._schedule_report(experiment_id)
         if self._webhook is not None:
-            exp = await asyncio.to_thread(
-                store.get_experiment, self._engine, experiment_id=experiment_id
+            await self._webhook.send(exp, decision)
+
+    # -- reports in MLflow ----------------------------------------------------------------
+    @property
+    def logs_reports(self) -> bool:
+        """Whether ended experiments' reports go to MLflow (routes from a registry)."""
+        return self._registry is not None
+
+    async def publish_report(self, experiment_id: str) -> str:
+        """Log the ended experiment's report to MLflow now (or wait for the logging already
+        under way); the run id. Raises what the registry raised."""
+        task = self._publishing.get(experiment_id) or self._schedule_report(experiment_id)
+        return await asyncio.shield(task)
+
+    async def publish_pending_reports(self) -> None:
+        """Start logging every ended experiment's report that is not in MLflow yet."""
+        if self._registry is None:
+            return
+        now = time.monotonic()
+        for experiment_id in await asyncio.to_thread(store.unreported, self._engine):
+            if len(self._publishing) >= _MAX_PUBLISHING:  # a backlog drains tick by tick
+                return
+            if self._retry_at.get(experiment_id, (0.0, 0.0))[0] <= now:
+                self._schedule_report(experiment_id)
+
+    async def aclose(self) -> None:
+        """Let report logging in flight finish (briefly); what is cut off is retried later."""
+        if self._publishing:
+            await asyncio.wait(list(self._publishing.values()), timeout=30)
+
+    def _schedule_report(self, experiment_id: str) -> asyncio.Task[str]:
+        if (task := self._publishing.get(experiment_id)) is not None:
+            return task
+        task = asyncio.create_task(self._publish_logged(experiment_id))
+        self._publishing[experiment_id] = task
+
+        def done(t: asyncio.Task[str]) -> None:
+            self._publishing.pop(experiment_id, None)
+            if not t.cancelled():
+                t.exception()  # reported in _publish_logged; marks it retrieved
+
+        task.add_done_callback(done)
+        return task
+
+    async def _publish_logged(self, experiment_id: str) -> str:
+        try:
+            run_id = await asyncio.to_thread(self._publish, experiment_id)
+        except CanaryError:  # nothing to log (yet), or another process is logging it
+            raise
+        except Exception as exc:
+            # The decision stands; the report waits for the next attempt.
+            delay = min(self._retry_at.get(experiment_id, (0.0, _RETRY_S / 2))[1] * 2, _MAX_RETRY_S)
+            self._retry_at[experiment_id] = (time.monotonic() + delay, delay)
+            if self._metrics is not None:
+                self._metrics.report_log_failures.inc()
+            log.warning(
+                "could not log the experiment's report to MLflow; retrying later",
+                extra={"experiment_id": experiment_id, "retry_in_s": delay, "error": repr(exc)},
             )
-            if exp is not None:
-                await self._webhook.send(exp, decision)
+            raise
+        self._retry_at.pop(experiment_id, None)
+        log.info("report logged", extra={"experiment_id": experiment_id, "run_id": run_id})
+        return run_id
+
+    def _publish(self, experiment_id: str) -> str:
+        if self._registry is None:
+            raise InvalidRequest(
+                "Reports go to the MLflow registry, and this router has none "
+                "(its routes come from the settings)."
+            )
+        # One process at a time: the run id stored and the version's tag must agree.
+        with store.try_lock(self._engine, key=f"report:{experiment_id}") as mine:
+            if not mine:
+                raise Conflict(f"Another process is logging the report of {experiment_id!r}.")
+            exp = store.get_experiment(self._engine, experiment_id=experiment_id)
+            if exp is None:
+                raise NotFound(f"No experiment {experiment_id!r}.", code="experiment_not_found")
+            if exp["status"] in LIVE:
+                raise Conflict(f"Experiment {experiment_id!r} has not ended ({exp['status']}).")
+            if exp["report_run_id"]:
+                return str(exp["report_run_id"])
+            return reporting.publish(self._engine, self._registry, exp, self.report(exp)).run_id
 
     async def run(self, interval_s: float) -> None:
         """Evaluate every running experiment whose policy is automatic, forever."""
@@ -109,6 +207,10 @@ class Evaluator:
                         await self.evaluate(exp["id"], actor="canary-evaluator")
             except Exception:
                 log.exception("evaluation round failed; retrying next interval")
+            try:
+                await self.publish_pending_reports()
+            except Exception:
+                log.exception("could not list the reports to log; retrying next interval")
 
     async def sync_routes(self) -> None:
         """Apply the live experiments' state (id, salt, stage weight) to this process."""
@@ -132,48 +234,16 @@ class Evaluator:
         result = self._analyse(exp, history)
         return {**result.to_dict(), "sequential_state": result.sequential_state()}
 
+    def current_analysis(self, exp: dict[str, Any]) -> dict[str, Any]:
+        """``analysis`` with the sequential history the last evaluation stored: the
+        always-valid p-values the evaluator would decide on now."""
+        return self.analysis(exp, store.latest_analysis(self._engine, experiment_id=exp["id"]))
+
     def report(self, exp: dict[str, Any]) -> dict[str, Any]:
-        """``experiments.report.render_html``'s input: analysis, timeline and decisions."""
-        analysis = self._analyse(exp, None)
-        ended = _aware(exp["updated_at"]) if exp["status"] not in LIVE else utcnow()
-        span_s = max((ended - _aware(exp["created_at"])).total_seconds(), 1.0)
-        buckets = timeline(
-            self._engine,
-            route=exp["route"],
-            experiment_id=exp["id"],
-            since=None,
-            bucket_s=max(60.0, span_s / 60),  # about 60 points whatever the length
-        )
-        decisions = store.list_decisions(self._engine, experiment_id=exp["id"])
-        return report_input(
-            analysis,
-            title=f"Canary report: {exp['route']}",
-            route=exp["route"],
-            experiment_id=exp["id"],
-            champion_version=exp["champion_version"],
-            challenger_version=exp["challenger_version"],
-            status=exp["status"],
-            stage=exp["stage_index"],
-            generated_at=utcnow().isoformat(),
-            timeline=[
-                {
-                    "time": b["start"].isoformat(),
-                    "arm": b["arm"],
-                    "ups": b["ups"],
-                    "rated": b["rated"],
-                }
-                for b in buckets
-            ],
-            policy=exp["policy"],
-            decisions=[
-                {
-                    "time": d["created_at"].isoformat(),
-                    "action": d["action"],
-                    "reasons": d["reasons"],
-                }
-                for d in decisions
-            ],
-        )
+        """``experiments.report.render_html``'s input: analysis (with the stored sequential
+        history), timeline, traffic per stage and decisions (``reporting.report_data``)."""
+        history = store.latest_analysis(self._engine, experiment_id=exp["id"])
+        return reporting.report_data(self._engine, exp, self._analyse(exp, history))
 
     def _analyse(self, exp: dict[str, Any], history: dict[str, Any] | None) -> Analysis:
         """The experiment's analysis now (SQL aggregates, then the statistics); no action.
@@ -182,14 +252,11 @@ class Evaluator:
         p-values keep their running minimum across looks. SRM and the per-stage minimums
         count units since the current stage began (earlier stages had other weights).
         """
-        route, exp_id = exp["route"], exp["id"]
-        arms, votes = aggregate(self._engine, route=route, experiment_id=exp_id)
-        if exp["stage_index"] == 0:  # the first stage is the whole experiment so far
-            stage_units = {arm: stats.units for arm, stats in arms.items()}
-        else:
-            stage_units = units_since(
-                self._engine, route=route, experiment_id=exp_id, since=exp["stage_started_at"]
-            )
+        # The first stage is the whole experiment so far: its units are all the units.
+        stage_since = exp["stage_started_at"] if exp["stage_index"] > 0 else None
+        arms, votes, stage_units = aggregate_stage(
+            self._engine, route=exp["route"], experiment_id=exp["id"], stage_since=stage_since
+        )
         weight = exp["stages"][exp["stage_index"]] / 100
         return analyse(
             arms["champion"],
@@ -225,17 +292,21 @@ class Evaluator:
     def _force(self, experiment_id: str, action: str, actor: str) -> dict[str, Any]:
         with store.transition(self._engine, experiment_id=experiment_id) as (conn, exp):
             exp = self._live(exp, experiment_id)
+            analysis: dict[str, Any] = {}
             if action in ("pause", "resume"):
                 status = PAUSED if action == "pause" else RUNNING
                 store.update_experiment(conn, experiment_id=exp["id"], status=status)
             else:
+                # What the data said when a person overrode the policy: the report shows it.
+                history = store.latest_analysis(conn, experiment_id=exp["id"])
+                analysis = self.analysis(exp, history)
                 self._apply(conn, exp, action, actor, f"{action} by {actor}")
             return store.record_decision(
                 conn,
                 experiment_id=exp["id"],
                 action=action,
                 reasons=[f"manual {action} by {actor}"],
-                analysis={},
+                analysis=analysis,
                 stage_index=exp["stage_index"],
                 acted=True,
                 actor=actor,
@@ -264,8 +335,3 @@ class Evaluator:
             move = self._registry.promote if action == "promote" else self._registry.rollback
             move(exp["route"], actor=actor, reason=reason, decision_id=exp["id"])
         store.update_experiment(conn, experiment_id=exp["id"], status=_ENDS[action])
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes for UTC columns; Postgres aware ones."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

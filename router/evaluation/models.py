@@ -17,6 +17,8 @@ RUNNING, PAUSED, PROMOTED, ROLLED_BACK, HALTED = (
     "halted",
 )
 LIVE = (RUNNING, PAUSED)
+#: The acted decision that leaves an experiment in each final status.
+ENDED_BY = {PROMOTED: "promote", ROLLED_BACK: "rollback", HALTED: "halt"}
 
 
 class Experiment(SQLModel, table=True):
@@ -37,6 +39,8 @@ class Experiment(SQLModel, table=True):
     stage_started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: The MLflow run holding the report, once the ended experiment's report is logged.
+    report_run_id: str | None = Field(default=None, max_length=64)
 
 
 class Decision(SQLModel, table=True):

@@ -39,6 +39,7 @@ def create_experiment(
         "stage_started_at": now,
         "created_at": now,
         "updated_at": now,
+        "report_run_id": None,
     }
     with engine.begin() as conn:
         _lock_route(conn, route)
@@ -91,15 +92,45 @@ def transition(
         yield conn, dict(row._mapping) if row else None
 
 
-def latest_analysis(conn: Connection, *, experiment_id: str) -> dict[str, Any] | None:
-    """The analysis of the experiment's last evaluation (it carries the sequential state)."""
-    row = conn.execute(
+def latest_analysis(conn: Connection | Engine, *, experiment_id: str) -> dict[str, Any] | None:
+    """The analysis of the experiment's last evaluation that carries the sequential state.
+
+    Decisions without one (pause, resume) are skipped, so the always-valid p-values keep
+    their running minimum across them.
+    """
+    query = (
         select(DECISIONS.c.analysis)
-        .where(DECISIONS.c.experiment_id == experiment_id, DECISIONS.c.analysis != None)  # noqa: E711
+        .where(DECISIONS.c.experiment_id == experiment_id)
         .order_by(DECISIONS.c.id.desc())
-        .limit(1)
-    ).first()
-    return row[0] if row else None
+        # Newest first, a few at a time: the one wanted is nearly always the first.
+        .execution_options(stream_results=True, yield_per=4)
+    )
+    with _connected(conn) as c, c.execute(query) as rows:
+        for (analysis,) in rows:
+            if analysis and analysis.get("sequential_state") is not None:
+                return dict(analysis)
+    return None
+
+
+def set_report_run(engine: Engine, *, experiment_id: str, run_id: str) -> None:
+    """Record the MLflow run of the experiment's report (the first one recorded stays)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(EXPERIMENTS)
+            .where(EXPERIMENTS.c.id == experiment_id, EXPERIMENTS.c.report_run_id.is_(None))
+            .values(report_run_id=run_id)
+        )
+
+
+def unreported(engine: Engine) -> list[str]:
+    """Ids of ended experiments whose report is not in MLflow yet, oldest first."""
+    query = (
+        select(EXPERIMENTS.c.id)
+        .where(EXPERIMENTS.c.status.not_in(LIVE), EXPERIMENTS.c.report_run_id.is_(None))
+        .order_by(EXPERIMENTS.c.updated_at)
+    )
+    with engine.connect() as conn:
+        return list(conn.scalars(query))
 
 
 def update_experiment(conn: Connection, *, experiment_id: str, **values: Any) -> None:
@@ -133,6 +164,39 @@ def record_decision(
     }
     result = conn.execute(DECISIONS.insert().values(**row).returning(DECISIONS.c.id))
     return {"id": result.scalar_one(), **row}
+
+
+@contextmanager
+def try_lock(engine: Engine, *, key: str) -> Iterator[bool]:
+    """Whether this process holds ``key`` for the block (no waiting: False if another has it).
+
+    Postgres: a session-level advisory lock on a connection held for the block, released
+    explicitly (a rollback does not release it). SQLite: always True; one file has one
+    router process.
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    params = {"k": f"canary:{key}"}
+    with engine.connect() as conn:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), params).scalar())
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), params)
+                conn.commit()
+
+
+@contextmanager
+def _connected(bind: Connection | Engine) -> Iterator[Connection]:
+    """``bind`` itself when it is a connection (its transaction), else a new connection."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as conn:
+        yield conn
 
 
 def _lock_route(conn: Connection, key: str) -> None:

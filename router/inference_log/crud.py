@@ -1,4 +1,7 @@
-"""Reads of the inference log and writes of feedback. Keyword-only, engine first."""
+"""Reads of the inference log; writes of feedback, votes and arena battles.
+
+Keyword-only, engine first.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,23 @@ from sqlalchemy.exc import IntegrityError
 
 from router.errors import Conflict
 from router.inference_log.db import insert
-from router.inference_log.models import Feedback, InferenceRecord, Vote, utcnow
+from router.inference_log.models import ArenaBattle, Feedback, InferenceRecord, Vote, utcnow
 
 FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
 LOG = InferenceRecord.__table__  # type: ignore[attr-defined]
 VOTES = Vote.__table__  # type: ignore[attr-defined]
+BATTLES = ArenaBattle.__table__  # type: ignore[attr-defined]
+#: What a battle shows of each answer's row (and reveals once voted on).
+_SIDE_COLUMNS = (
+    "request_id",
+    "arm",
+    "model_name",
+    "model_version",
+    "response_text",
+    "finish_reason",
+    "status",
+    "error_type",
+)
 
 
 def get_request(engine: Engine, *, request_id: str) -> dict[str, Any] | None:
@@ -88,3 +103,62 @@ def insert_vote(
         if battle_id is None:
             raise
         raise Conflict(f"Battle {battle_id!r} already has a vote.", code="vote_exists") from exc
+
+
+def insert_battle(
+    engine: Engine,
+    *,
+    battle_id: str,
+    route: str,
+    unit_id: str,
+    request_id_a: str,
+    request_id_b: str,
+) -> dict[str, Any]:
+    """Store an arena battle: the two answers' request ids in side order."""
+    stmt = (
+        BATTLES.insert()
+        .values(
+            battle_id=battle_id,
+            created_at=utcnow(),
+            route=route,
+            unit_id=unit_id,
+            request_id_a=request_id_a,
+            request_id_b=request_id_b,
+        )
+        .returning(*BATTLES.c)
+    )
+    with engine.begin() as conn:
+        return dict(conn.execute(stmt).mappings().one())
+
+
+def get_battle(engine: Engine, *, battle_id: str) -> dict[str, Any] | None:
+    """The battle, its vote (``winner`` None until voted) and each side's logged row.
+
+    ``a``/``b`` are dicts of the row's columns in ``_SIDE_COLUMNS``, or None while the row
+    is not logged yet (still being answered, or in the writer's buffer).
+    """
+    a, b = LOG.alias("a"), LOG.alias("b")
+    sides = [
+        t.c[name].label(f"{side}_{name}")
+        for side, t in (("a", a), ("b", b))
+        for name in _SIDE_COLUMNS
+    ]
+    stmt = (
+        select(BATTLES, *sides, VOTES.c.winner, VOTES.c.created_at.label("voted_at"))
+        .select_from(
+            BATTLES.outerjoin(a, a.c.request_id == BATTLES.c.request_id_a)
+            .outerjoin(b, b.c.request_id == BATTLES.c.request_id_b)
+            .outerjoin(VOTES, VOTES.c.battle_id == BATTLES.c.battle_id)
+        )
+        .where(BATTLES.c.battle_id == battle_id)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(stmt).mappings().first()
+    if row is None:
+        return None
+    battle = {c.name: row[c.name] for c in BATTLES.c}
+    battle.update(winner=row["winner"], voted_at=row["voted_at"])
+    for side in ("a", "b"):
+        logged = row[f"{side}_request_id"] is not None
+        battle[side] = {n: row[f"{side}_{n}"] for n in _SIDE_COLUMNS} if logged else None
+    return battle

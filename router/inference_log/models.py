@@ -111,6 +111,25 @@ class Vote(SQLModel, table=True):
     battle_id: str | None = Field(default=None, max_length=64)
 
 
+class ArenaBattle(SQLModel, table=True):
+    """A blind side-by-side battle: one prompt answered by both arms, shown as ``a`` and ``b``.
+
+    ``request_id_a``/``request_id_b`` are the two answers' inference rows in side order.
+    There is no foreign key: a battle is stored before its rows, which arrive through the
+    asynchronous writer. The vote, once cast, is the ``votes`` row with this ``battle_id``.
+    """
+
+    __tablename__ = "arena_battles"
+    __table_args__ = (Index("ix_arena_battles_route_created", "route", "created_at"),)
+
+    battle_id: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    route: str = Field(max_length=200)
+    unit_id: str = Field(max_length=200)
+    request_id_a: str = Field(max_length=64)
+    request_id_b: str = Field(max_length=64)
+
+
 # Indexes for the evaluator (migration 0002 creates them), each covering one of its
 # queries, so none reads the wide log rows with their prompts and answers:
 # - the per-unit GROUP BY, read in (arm, unit) order: no sort;
@@ -124,6 +143,7 @@ _feedback = Feedback.__table__  # type: ignore[attr-defined]
 Index(
     "ix_inference_log_units",
     *(_log.c[n] for n in ("route", "experiment_id", "arm", "unit_id", "status", "created_at")),
+    _log.c.assignment_reason,  # migration 0005: units of the traffic split, index-only
 )
 Index(
     "ix_inference_log_samples",

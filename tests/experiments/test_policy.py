@@ -136,6 +136,29 @@ def test_sequential_history_keeps_earlier_evidence() -> None:
     assert later.decision.action == "advance"
 
 
+def test_a_lucky_start_is_not_carried_past_the_burn_in() -> None:
+    """Three ratings, all up, at a 5% stage: no spurious evidence kept for later looks."""
+    few_champion = ArmStats(60, 60, bernoulli(0, 60), bernoulli(36, 60))
+    lucky = ArmStats(3, 3, bernoulli(0, 3), bernoulli(3, 3))
+    weights = {"champion": 95.0, "challenger": 5.0}
+    unguarded = analyse(few_champion, lucky, VoteCounts(), weights, Policy(min_rated=0), 0)
+    assert unguarded.thumbs.sequential is not None
+    # What the burn-in prevents: "always-valid p < 0.001" where even Fisher's test sees nothing.
+    assert unguarded.thumbs.sequential.p_greater < 0.001
+    assert unguarded.thumbs.p_value is not None and unguarded.thumbs.p_value > 0.05
+    early = analyse(few_champion, lucky, VoteCounts(), weights, Policy(), 0)
+    assert early.thumbs.sequential is None and early.thumbs.p_value_sequential is None
+    assert early.errors_guardrail is None  # errors: min_guardrail_requests per arm
+    assert early.sequential_state() == {}
+    assert early.decision.action == "continue"
+    assert "thumbs: 3 rated requests per arm of 100" in early.decision.reasons
+    same = arm(thumbs_up=0.6, seed=2)
+    later = analyse(CHAMPION, same, VoteCounts(), EVEN, Policy(), 2, early.sequential_state())
+    assert later.thumbs.sequential is not None and later.thumbs.sequential.p_greater > 0.05
+    assert later.decision.action == "continue"
+    assert set(later.sequential_state()) >= {"thumbs", "errors", "errors_guardrail"}
+
+
 def test_policy_round_trip_and_validation() -> None:
     policy = Policy(stages=(10, 50, 100), primary_metric="both", margin=0.01, max_units=5000)
     assert policy.stages == (10.0, 50.0, 100.0)

@@ -13,12 +13,23 @@ import pytest
 from sqlalchemy import Engine, text
 
 from experiments.stats import ArmStats, RatioSums, VoteCounts
-from router.evaluation.aggregate import ARMS, FAILED, aggregate, timeline
+from router.evaluation.aggregate import (
+    ARMS,
+    FAILED,
+    SPLIT,
+    aggregate,
+    aggregate_stage,
+    stage_traffic,
+    timeline,
+    units_since,
+)
 from router.inference_log.crud import FEEDBACK, LOG, VOTES
 from router.inference_log.db import create_db_engine, migrate
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 STATUSES = ["ok"] * 12 + ["error", "timeout", "fallback", "client_disconnected", "rejected"]
+#: Assignment reasons: mostly the split, sometimes a forced arm (override, arena battle).
+REASONS = ["hash"] * 6 + ["unassigned", "override", "arena"]
 
 
 # -- databases: a fresh SQLite file per test; one migrated Postgres, truncated per test ------
@@ -63,6 +74,7 @@ def log_row(
     latency: float = 100.0,
     ttft: float | None = None,
     at: datetime = T0,
+    reason: str = "hash",
 ) -> dict[str, Any]:
     return {
         "request_id": request_id,
@@ -71,6 +83,7 @@ def log_row(
         "experiment_id": experiment,
         "arm": arm,
         "unit_id": unit,
+        "assignment_reason": reason,
         "status": status,
         "http_status": 200,
         "stream": ttft is not None,
@@ -137,6 +150,7 @@ def random_dataset(seed: int = 3) -> tuple[list[dict[str, Any]], ...]:
                 latency=rng.uniform(50, 500),
                 ttft=rng.uniform(5, 50) if rng.random() < 0.4 else None,
                 at=T0 + timedelta(seconds=i * 30),
+                reason=rng.choice(REASONS),
             )
         )
     for row in rng.sample(rows, 150):
@@ -214,7 +228,7 @@ def reference(
         ok = [r for r in mine if r["status"] == "ok"]
         stats[arm] = ArmStats(
             requests=len(mine),
-            units=len(errors),
+            units=len({r["unit_id"] for r in mine if r["assignment_reason"] in SPLIT}),
             errors=ratio_sums(errors),
             thumbs=ratio_sums(thumbs),
             latency_ms=tuple(sorted(r["latency_ms"] for r in ok)),
@@ -274,6 +288,8 @@ def test_sums_match_the_python_reference(
             assert expected[arm].thumbs.sum_x > 0
             assert expected[arm].errors.units > expected[arm].thumbs.units > 0
             assert expected[arm].ttft_ms
+            # Some units came only through forced arms: they are no units of the split.
+            assert 0 < expected[arm].units < expected[arm].errors.units
         assert (
             min(expected_votes.challenger_wins, expected_votes.champion_wins, expected_votes.ties)
             > 0
@@ -456,3 +472,89 @@ def test_timeline_buckets_requests_errors_and_thumbs(engine: Engine) -> None:
 def test_timeline_refuses_a_bucket_under_a_second(engine: Engine) -> None:
     with pytest.raises(ValueError, match="bucket_s"):
         timeline(engine, route="chat", experiment_id=None, since=None, bucket_s=0.5)
+
+
+def test_forced_arms_count_as_requests_and_votes_but_not_as_units(engine: Engine) -> None:
+    # Unit p was assigned by the split; q only ever came through forced arms (an arena
+    # battle asks both arms; the X-Canary-Arm override picks one).
+    store(
+        engine,
+        [
+            log_row("c1", "champion", "p"),
+            log_row("c2", "champion", "q", reason="arena"),
+            log_row("h2", "challenger", "q", "error", reason="arena"),
+            log_row("h3", "challenger", "q", reason="override"),
+            log_row("c4", "champion", "r", reason="unassigned"),
+        ],
+        [rating("h3", "q", "up", T0)],
+        [a_vote("c2", "h2", "b")],  # the arena battle's vote: the challenger won
+    )
+    arms, votes, stage = aggregate_stage(engine, route="chat", experiment_id="exp-1")
+    assert (arms["champion"].requests, arms["champion"].units) == (3, 2)  # p and r
+    assert (arms["challenger"].requests, arms["challenger"].units) == (2, 0)
+    assert arms["challenger"].errors == RatioSums(1, 1.0, 2.0, 1.0, 4.0, 2.0)
+    assert arms["challenger"].thumbs.sum_x == 1.0
+    assert votes == VoteCounts(challenger_wins=1)
+    assert stage == {"champion": 2, "challenger": 0}
+    assert units_since(engine, route="chat", experiment_id="exp-1", since=T0) == stage
+
+
+def test_stage_units_come_out_of_the_same_scan(engine: Engine) -> None:
+    rows, ratings, votes = random_dataset(seed=13)
+    store(engine, rows, ratings, votes)
+    stage_start = T0 + timedelta(hours=1, minutes=40)
+    arms, _, stage = aggregate_stage(
+        engine, route="chat", experiment_id="exp-1", stage_since=stage_start
+    )
+    assert stage == units_since(engine, route="chat", experiment_id="exp-1", since=stage_start)
+    expected = {
+        arm: len(
+            {
+                r["unit_id"]
+                for r in rows
+                if counted(r, "chat", "exp-1", stage_start)
+                and r["arm"] == arm
+                and r["assignment_reason"] in SPLIT
+            }
+        )
+        for arm in ARMS
+    }
+    assert stage == expected
+    for arm in ARMS:  # the stage is part of the experiment, and not all of it
+        assert 0 < stage[arm] < arms[arm].units
+    whole, _, first = aggregate_stage(engine, route="chat", experiment_id="exp-1")
+    assert first == {arm: whole[arm].units for arm in ARMS}
+    assert sorted_samples(whole) == sorted_samples(arms)
+
+
+def test_stage_traffic_counts_requests_and_split_units_per_stage(engine: Engine) -> None:
+    rows, ratings, votes = random_dataset(seed=17)
+    store(engine, rows, ratings, votes)
+    starts = [T0, T0 + timedelta(hours=1), T0 + timedelta(hours=2, minutes=30)]
+    got = stage_traffic(engine, route="chat", experiment_id="exp-1", starts=starts)
+    ends = [*starts[1:], T0 + timedelta(days=1)]
+    expected = []
+    for start, end in zip(starts, ends, strict=True):
+        mine = [r for r in rows if counted(r, "chat", "exp-1", start) and r["created_at"] < end]
+        expected.append(
+            {
+                "requests": {arm: sum(r["arm"] == arm for r in mine) for arm in ARMS},
+                "units": {
+                    arm: len(
+                        {
+                            r["unit_id"]
+                            for r in mine
+                            if r["arm"] == arm and r["assignment_reason"] in SPLIT
+                        }
+                    )
+                    for arm in ARMS
+                },
+            }
+        )
+    assert got == expected
+    assert all(stage["requests"]["challenger"] > 0 for stage in got)
+    one = stage_traffic(engine, route="chat", experiment_id="exp-1", starts=[T0])
+    everything, _ = aggregate(engine, route="chat", experiment_id="exp-1")
+    assert one[0]["requests"] == {arm: everything[arm].requests for arm in ARMS}
+    assert one[0]["units"] == {arm: everything[arm].units for arm in ARMS}
+    assert stage_traffic(engine, route="chat", experiment_id="exp-1", starts=[]) == []

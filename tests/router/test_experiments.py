@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,7 +23,8 @@ from router.backends import FakeSpec
 from router.backends.fake_server import create_fake_openai_app
 from router.config import Settings
 from router.registry_source import RegistryArmSource
-from tests.servers import serve
+from tests.servers import free_port, serve
+from tests.servers import mlflow_server as run_mlflow_server
 
 TOKEN = "test-admin-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -65,15 +69,22 @@ def _running(
     return run_router(cfg, arm_source=source)
 
 
-def _traffic(http: httpx.Client, n: int, up_share: dict[str, float]) -> dict[str, int]:
+def _traffic(
+    http: httpx.Client,
+    n: int,
+    up_share: dict[str, float],
+    *,
+    route: str = "chat",
+    prefix: str = "unit",
+) -> dict[str, int]:
     """n units, one request and one thumb each; an arm's thumbs are up ``up_share`` of the time."""
     seen = {"champion": 0, "challenger": 0}
     for i in range(n):
         r = http.post(
             "/v1/chat/completions",
             json={
-                "model": "chat",
-                "user": f"unit-{i}",
+                "model": route,
+                "user": f"{prefix}-{i}",
                 "messages": [{"role": "user", "content": "hi"}],
             },
         )
@@ -88,11 +99,11 @@ def _traffic(http: httpx.Client, n: int, up_share: dict[str, float]) -> dict[str
     return seen
 
 
-def _start(http: httpx.Client, **body: Any) -> dict[str, Any]:
-    """Start an experiment on ``chat`` (one 50% stage, the test policy unless overridden)."""
+def _start(http: httpx.Client, route: str = "chat", **body: Any) -> dict[str, Any]:
+    """Start an experiment on ``route`` (one 50% stage, the test policy unless overridden)."""
     r = http.post(
         "/v1/experiments",
-        json={"route": "chat", "stages": [50], "policy": POLICY, **body},
+        json={"route": route, "stages": [50], "policy": POLICY, **body},
         headers=ADMIN,
     )
     assert r.status_code == 201, r.text
@@ -105,6 +116,71 @@ def _evaluate(http: httpx.Client, exp: dict[str, Any]) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+def _report_run(http: httpx.Client, exp: dict[str, Any], timeout: float = 120) -> str:
+    """The report's MLflow run id, once the evaluator has logged it in the background."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        detail = http.get(f"/v1/experiments/{exp['id']}").json()
+        if detail["report_run_id"]:
+            assert detail["report_uri"] == f"runs:/{detail['report_run_id']}/report.html"
+            return str(detail["report_run_id"])
+        time.sleep(0.2)
+    raise AssertionError(f"no report run for {exp['id']} after {timeout} s")
+
+
+def _check_report_run(
+    registry: Registry, exp: dict[str, Any], run_id: str, decision: str, tmp: Path
+) -> dict[str, Any]:
+    """The run's tags, params and metrics, the version's link to it; its report.json."""
+    run = registry.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["canary.route"], tags["canary.experiment_id"]) == (exp["route"], exp["id"])
+    assert tags["canary.champion_version"] == exp["champion_version"]
+    assert tags["canary.challenger_version"] == exp["challenger_version"]
+    assert tags["canary.decision"] == decision
+    params = run.data.params
+    assert (params["route"], params["experiment_id"]) == (exp["route"], exp["id"])
+    assert params["challenger_version"] == exp["challenger_version"]
+    assert params["policy.min_units"] == "40" and params["policy.auto"] in ("True", "False")
+    metrics = run.data.metrics
+    for key in (
+        "arms.champion.requests",
+        "arms.challenger.requests",
+        "error_rate.champion",
+        "thumbs_up_rate.challenger",
+        "thumbs_up_rate.difference",
+        "thumbs_up_rate.p_value",
+        "thumbs_up_rate.p_value_sequential",
+        "srm.p_value",
+    ):
+        assert key in metrics, key
+    assert {a.path for a in registry.client.list_artifacts(run_id)} == {
+        "report.html",
+        "report.json",
+    }
+    version = registry.client.get_model_version(exp["route"], exp["challenger_version"])
+    assert version.tags["canary.report_run_id"] == run_id
+    assert version.tags["canary.report_uri"] == f"runs:/{run_id}/report.html"
+    page = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"runs:/{run_id}/report.html",
+        dst_path=str(tmp),
+        tracking_uri=registry.tracking_uri,
+    )
+    assert "data:image/png;base64," in Path(page).read_text()
+    data = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"runs:/{run_id}/report.json",
+        dst_path=str(tmp),
+        tracking_uri=registry.tracking_uri,
+    )
+    report: dict[str, Any] = json.loads(Path(data).read_text())
+    assert report["final_decision"]["action"] == decision
+    assert (
+        metrics["arms.challenger.requests"] == report["analysis"]["arms"]["challenger"]["requests"]
+    )
+    return report
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_better_challenger_is_promoted_and_aliases_move(
     database: str,
@@ -113,6 +189,7 @@ def test_better_challenger_is_promoted_and_aliases_move(
     make_settings: Callable[..., Settings],
     run_router: Any,
     request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
     url = request.getfixturevalue("postgres_url") if database == "postgres" else None
     v1, v2 = versions
@@ -146,6 +223,10 @@ def test_better_challenger_is_promoted_and_aliases_move(
         decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("promote", True), decision["reasons"]
         assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "promoted"
+        # The report lands in MLflow as a run, linked from the promoted version.
+        run_id = _report_run(http, exp)
+    report = _check_report_run(registry, exp, run_id, "promote", tmp_path)
+    assert report["analysis"]["decision"]["action"] == "promote"
     champion = registry.resolve("chat", "champion")
     previous = registry.resolve("chat", "previous")
     assert champion is not None and champion.version == v2
@@ -174,6 +255,7 @@ def test_worse_challenger_is_rolled_back_with_webhook_and_report(
     make_settings: Callable[..., Settings],
     run_router: Any,
     receiver: tuple[str, list[dict[str, Any]]],
+    tmp_path: Path,
 ) -> None:
     v1, v2 = versions
     hook_url, received = receiver
@@ -182,7 +264,7 @@ def test_worse_challenger_is_rolled_back_with_webhook_and_report(
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         exp = _start(http)
-        _traffic(http, 240, {"champion": 0.9, "challenger": 0.2})
+        seen = _traffic(http, 240, {"champion": 0.9, "challenger": 0.2})
         decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("rollback", True)
         assert app.state.routes.get("chat").challenger_bps == 0  # no more traffic to it
@@ -191,9 +273,17 @@ def test_worse_challenger_is_rolled_back_with_webhook_and_report(
         report = http.get(f"/v1/experiments/{exp['id']}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
         assert "data:image/png;base64," in report.text and "rollback" in report.text
+        assert "Traffic per stage" in report.text
         data = http.get(f"/v1/experiments/{exp['id']}/report.json").json()
         assert data["analysis"]["decision"]["action"] == "rollback"
+        assert data["final_decision"]["action"] == "rollback"
         assert {b["arm"] for b in data["timeline"]} == {"champion", "challenger"}
+        (stage,) = data["traffic"]  # one stage: 50%, every unit one request
+        assert (stage["stage"], stage["challenger_percent"]) == (1, 50.0)
+        assert stage["started_at"] < stage["ended_at"] <= data["decisions"][-1]["time"]
+        assert stage["units"] == stage["requests"] == seen
+        run_id = _report_run(http, exp)
+    _check_report_run(registry, exp, run_id, "rollback", tmp_path)
     assert len(received) == 1
     assert "rollback" in received[0]["text"] and exp["id"] in received[0]["text"]
     assert received[0]["decision"]["acted"] is True
@@ -250,14 +340,15 @@ def test_stages_advance_and_an_srm_halts(
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         exp = _start(http, stages=[50, 75])
-        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        first = _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
         decision = _evaluate(http, exp)
         assert (decision["action"], decision["acted"]) == ("advance", True), decision["reasons"]
         now = http.get(f"/v1/experiments/{exp['id']}").json()
         assert (now["stage"], now["weights"]["challenger"]) == (2, 0.75)
         assert app.state.routes.get("chat").challenger_bps == 7_500
 
-        # Forced arms break the split the stage promised: a sample ratio mismatch.
+        # Forced arms (X-Canary-Arm; arena battles likewise) are no units of the split:
+        # 150 of them all on the champion neither break the 25/75 split nor fill the stage.
         for i in range(150):
             r = http.post(
                 "/v1/chat/completions",
@@ -269,11 +360,31 @@ def test_stages_advance_and_an_srm_halts(
                 headers={"x-canary-arm": "champion"},
             )
             assert r.status_code == 200
+        waiting = _evaluate(http, exp)
+        assert (waiting["action"], waiting["acted"]) == ("continue", False), waiting["reasons"]
+        assert waiting["analysis"]["srm"]["mismatch"] is False
+
+        # A replica whose split is wrong (set by hand here) does break it: halt.
+        put = http.put("/v1/routes/chat/weights", json={"challenger": 0}, headers=ADMIN)
+        assert put.status_code == 200
+        _traffic(http, 150, {"champion": 0.5, "challenger": 0.5}, prefix="stage2")
         halted = _evaluate(http, exp)
         assert (halted["action"], halted["acted"]) == ("halt", True), halted["reasons"]
         assert any("ratio" in r.lower() for r in halted["reasons"])
         assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "halted"
         assert app.state.routes.get("chat").challenger_bps == 0
+
+        # Traffic per stage in the report: stage 2 counts the forced requests, not their units.
+        data = http.get(f"/v1/experiments/{exp['id']}/report.json").json()
+        one, two = data["traffic"]
+        assert (one["stage"], one["challenger_percent"]) == (1, 50.0)
+        assert (two["stage"], two["challenger_percent"]) == (2, 75.0)
+        assert one["units"] == one["requests"] == first
+        assert two["requests"] == {"champion": 300, "challenger": 0}
+        assert two["units"] == {"champion": 150, "challenger": 0}
+        assert one["ended_at"] == two["started_at"]
+        page = http.get(f"/v1/experiments/{exp['id']}/report").text
+        assert "Traffic per stage" in page and "<b>mismatch</b>" in page
     champion = registry.resolve("chat", "champion")
     assert champion is not None and champion.version == versions[0]  # never promoted
 
@@ -353,3 +464,145 @@ def test_experiment_cli(
         assert canary("experiment", "rollback", started["id"], "--token", TOKEN, *url) == 0
     assert canary("experiment", "status", "--router", "http://127.0.0.1:9") == 2
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_get_and_report_use_the_stored_sequential_history(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+) -> None:
+    with (
+        _running(registry, make_settings, run_router) as (server, app),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        exp = _start(http, policy={**POLICY, "auto": False})
+        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        looked = _evaluate(http, exp)["analysis"]["metrics"]["thumbs_up_rate"]
+        # Then the challenger turns bad: on the data alone the evidence weakens.
+        _traffic(http, 240, {"champion": 0.9, "challenger": 0.3}, prefix="later")
+        row = http.get(f"/v1/experiments/{exp['id']}").json()
+        alone = app.state.evaluator.analysis(row)["metrics"]["thumbs_up_rate"]
+        assert alone["p_value_sequential"] > looked["p_value_sequential"]
+        # The always-valid p-value keeps the running minimum of the evaluator's looks.
+        now = row["analysis"]["metrics"]["thumbs_up_rate"]
+        assert now["p_value_sequential"] == looked["p_value_sequential"]
+        assert now["p_value"] == alone["p_value"]  # the fixed-horizon one is fresh
+        report = http.get(f"/v1/experiments/{exp['id']}/report.json").json()
+        thumbs = report["analysis"]["metrics"]["thumbs_up_rate"]
+        assert thumbs["p_value_sequential"] == looked["p_value_sequential"]
+        # A pause records no analysis; the history carries over it.
+        assert http.post(f"/v1/experiments/{exp['id']}/pause", headers=ADMIN).status_code == 200
+        again = http.get(f"/v1/experiments/{exp['id']}").json()["analysis"]
+        assert (
+            again["metrics"]["thumbs_up_rate"]["p_value_sequential"]
+            == (looked["p_value_sequential"])
+        )
+
+
+def test_report_run_on_a_real_mlflow_server(
+    mlflow_server: str,
+    engines: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+    tmp_path: Path,
+) -> None:
+    remote = Registry(mlflow_server, cache_dir=tmp_path / "cache")
+    route = f"chat-{uuid.uuid4().hex[:8]}"  # the server is shared by the session
+    for engine, alias in zip(engines, ("champion", "challenger"), strict=True):
+        remote.register_endpoint(route, base_url=engine, remote_model="m", params={}, alias=alias)
+    with (
+        _running(remote, make_settings, run_router) as (server, _),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        exp = _start(http, route=route, policy={**POLICY, "auto": False})
+        _traffic(http, 120, {"champion": 0.5, "challenger": 0.5}, route=route)
+        r = http.post(f"/v1/experiments/{exp['id']}/rollback", headers=ADMIN)
+        assert r.status_code == 200
+        run_id = _report_run(http, exp)
+    report = _check_report_run(remote, exp, run_id, "rollback", tmp_path)
+    assert report["final_decision"]["actor"] == "api"
+    # A manual rollback records the analysis the person overrode.
+    assert report["decisions"][-1]["action"] == "rollback"
+    assert remote.client.get_model_version(route, exp["challenger_version"]).tags[
+        "canary.status"
+    ] == ("rejected")
+
+
+def test_a_report_that_fails_to_log_keeps_the_decision_and_is_retried(
+    registry: Registry,
+    versions: tuple[str, str],
+    make_settings: Callable[..., Settings],
+    run_router: Any,
+    tmp_path: Path,
+    fast_http_failures: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, v2 = versions
+    # Runs go to a tracking server that is down; the model registry itself works.
+    port = free_port()
+    split = Registry(
+        f"http://127.0.0.1:{port}", registry.registry_uri, cache_dir=tmp_path / "cache"
+    )
+    with (
+        _running(split, make_settings, run_router) as (server, _),
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
+        exp = _start(http, policy={**POLICY, "auto": False})
+        _traffic(http, 120, {"champion": 0.5, "challenger": 0.5})
+        promoted = http.post(f"/v1/experiments/{exp['id']}/promote", headers=ADMIN)
+        assert promoted.status_code == 200
+        assert registry.resolve("chat", "champion").version == v2  # type: ignore[union-attr]
+
+        def failures() -> float:
+            text = http.get("/metrics").text
+            line = next(x for x in text.splitlines() if x.startswith("canary_report_log_fail"))
+            return float(line.split()[-1])
+
+        deadline = time.monotonic() + 60
+        while failures() < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert failures() >= 1  # logged and counted ...
+        detail = http.get(f"/v1/experiments/{exp['id']}").json()
+        assert (detail["status"], detail["report_run_id"]) == ("promoted", None)  # ... kept
+        still_down = http.post(f"/v1/experiments/{exp['id']}/report", headers=ADMIN)
+        assert still_down.status_code == 502
+        error = still_down.json()["error"]
+        assert error["code"] == "registry_error" and f":{port}" in error["message"]
+
+        with run_mlflow_server(tmp_path / "tracking", port=port):
+            # Back to patient HTTP: a server that just started answers slowly at first.
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+            retried = http.post(f"/v1/experiments/{exp['id']}/report", headers=ADMIN)
+            assert retried.status_code == 200, retried.text
+            run_id = retried.json()["report_run_id"]
+            assert _report_run(http, exp) == run_id
+            assert split.client.get_run(run_id).data.tags["canary.decision"] == "promote"
+            again = http.post(f"/v1/experiments/{exp['id']}/report", headers=ADMIN)
+            assert again.json()["report_run_id"] == run_id  # logged once
+    version = registry.client.get_model_version("chat", v2)
+    assert version.tags["canary.report_run_id"] == run_id
+
+
+def test_static_routes_skip_mlflow(make_settings: Callable[..., Settings], run_router: Any) -> None:
+    with (
+        run_router(make_settings(admin_token=TOKEN, evaluation_interval_s=3600)) as (server, app),
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        exp = _start(http, policy={**POLICY, "auto": False})
+        live = http.post(f"/v1/experiments/{exp['id']}/report", headers=ADMIN)
+        assert live.status_code == 409
+        _traffic(http, 60, {"champion": 0.5, "challenger": 0.5})
+        assert http.post(f"/v1/experiments/{exp['id']}/rollback", headers=ADMIN).status_code == 200
+        detail = http.get(f"/v1/experiments/{exp['id']}").json()
+        assert (detail["status"], detail["report_run_id"], detail["report_uri"]) == (
+            "rolled_back",
+            None,
+            None,
+        )
+        refused = http.post(f"/v1/experiments/{exp['id']}/report", headers=ADMIN)
+        assert refused.status_code == 400 and "registry" in refused.json()["error"]["message"]
+        assert http.post("/v1/experiments/nope/report", headers=ADMIN).status_code == 404
+        assert http.post(f"/v1/experiments/{exp['id']}/report").status_code == 401
+        assert http.get(f"/v1/experiments/{exp['id']}/report").status_code == 200
+        assert not app.state.evaluator.logs_reports

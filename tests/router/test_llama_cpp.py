@@ -140,7 +140,8 @@ def test_disconnect_frees_the_model(smol: ServerThread) -> None:
         timeout=60,
     )
     assert ok.status_code == 200
-    assert time.perf_counter() - started < 2.0
+    # The rest of 400 tokens takes over 5 s on 2 cores; margin for a loaded machine.
+    assert time.perf_counter() - started < 3.0
 
 
 def test_stream_usage_matches_llama_cpps_own_count(smol: ServerThread) -> None:

@@ -10,9 +10,10 @@ from starlette.concurrency import run_in_threadpool
 
 from experiments.report import render_html
 from router.api.deps import AdminDep, EngineDep
-from router.errors import NotFound
+from router.errors import BackendError, CanaryError, Conflict, InvalidRequest, NotFound
 from router.evaluation import store
 from router.evaluation.evaluator import Evaluator
+from router.evaluation.models import LIVE
 from router.schemas import ExperimentIn
 
 router = APIRouter(tags=["experiments"])
@@ -34,10 +35,13 @@ async def _experiment(experiment_id: str, engine: EngineDep) -> dict[str, Any]:
 
 def _public(exp: dict[str, Any]) -> dict[str, Any]:
     weight = exp["stages"][exp["stage_index"]] / 100 if exp["status"] == "running" else 0.0
+    run_id = exp.get("report_run_id")
     return {
         **exp,
         "stage": exp["stage_index"] + 1,
         "weights": {"champion": 1 - weight, "challenger": weight},
+        # The report's MLflow run, once the ended experiment's report is logged there.
+        "report_uri": f"runs:/{run_id}/report.html" if run_id else None,
     }
 
 
@@ -59,9 +63,10 @@ async def list_experiments(engine: EngineDep) -> list[dict[str, Any]]:
 async def get_experiment(
     experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
 ) -> dict[str, Any]:
-    """The experiment with a fresh analysis and the decision the policy would take now."""
+    """The experiment with a fresh analysis and the decision the policy would take now
+    (always-valid p-values carry the running minimum of the evaluations so far)."""
     exp = await _experiment(experiment_id, engine)
-    analysis = await run_in_threadpool(evaluator.analysis, exp)
+    analysis = await run_in_threadpool(evaluator.current_analysis, exp)
     return {**_public(exp), "analysis": analysis}
 
 
@@ -89,6 +94,35 @@ async def list_decisions(experiment_id: str, engine: EngineDep) -> list[dict[str
     """Every decision taken on the experiment, oldest first, with its analysis."""
     await _experiment(experiment_id, engine)
     return await run_in_threadpool(store.list_decisions, engine, experiment_id=experiment_id)
+
+
+@router.post("/v1/experiments/{experiment_id}/report", dependencies=[AdminDep])
+async def publish_report(
+    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
+) -> dict[str, Any]:
+    """Log the ended experiment's report to MLflow now, if it is not there yet (the
+    evaluator does it on its own when an experiment ends, and retries failures)."""
+    exp = await _experiment(experiment_id, engine)
+    if exp["status"] in LIVE:
+        raise Conflict(f"Experiment {experiment_id!r} has not ended ({exp['status']}).")
+    if not evaluator.logs_reports:
+        raise InvalidRequest(
+            "No MLflow registry to log the report to: this router's routes come from its "
+            "settings. The report is at GET /v1/experiments/{id}/report."
+        )
+    try:
+        run_id = await evaluator.publish_report(experiment_id)
+    except CanaryError:
+        raise
+    except Exception as exc:
+        raise BackendError(
+            f"Could not log the report to MLflow: {exc}", code="registry_error"
+        ) from exc
+    return {
+        "experiment_id": experiment_id,
+        "report_run_id": run_id,
+        "report_uri": f"runs:/{run_id}/report.html",
+    }
 
 
 @router.post("/v1/experiments/{experiment_id}/evaluate", dependencies=[AdminDep])

@@ -1,0 +1,54 @@
+"""The blind arena: both arms answer one prompt side by side; a vote reveals who was who."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from router.api.deps import EngineDep, MetricsDep, ServiceDep, WriterDep
+from router.arena import Arena
+from router.schemas import BattleIn, BattlePublic, BattleState, BattleVoteIn, BattleVotePublic
+
+router = APIRouter(tags=["arena"])
+
+
+async def _arena(
+    service: ServiceDep, engine: EngineDep, writer: WriterDep, metrics: MetricsDep
+) -> Arena:
+    return Arena(chat=service, engine=engine, writer=writer, metrics=metrics)
+
+
+ArenaDep = Annotated[Arena, Depends(_arena)]
+
+
+@router.post(
+    "/v1/arena/battles",
+    status_code=201,
+    response_model=BattlePublic,
+    responses={201: {"content": {"text/event-stream": {}}, "description": "With stream: SSE."}},
+)
+async def start_battle(body: BattleIn, arena: ArenaDep) -> BattlePublic | StreamingResponse:
+    """Ask champion and challenger the same prompt; answers come back blind as a and b."""
+    if body.stream:
+        events = await arena.stream(body)
+        return StreamingResponse(
+            events,
+            status_code=201,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
+        )
+    return await arena.battle(body)
+
+
+@router.get("/v1/arena/battles/{battle_id}")
+async def get_battle(battle_id: str, arena: ArenaDep) -> BattleState:
+    """A battle's answers; which arm and version gave each only once it is voted on."""
+    return await arena.get(battle_id)
+
+
+@router.post("/v1/arena/battles/{battle_id}/vote")
+async def vote_battle(battle_id: str, body: BattleVoteIn, arena: ArenaDep) -> BattleVotePublic:
+    """Vote a, b, tie or both bad (once per battle), and see who each side was."""
+    return await arena.vote(battle_id, body)

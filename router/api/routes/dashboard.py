@@ -1,0 +1,75 @@
+"""A route's live figures per arm and over time, as JSON or as a CSV download."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from router import dashboard
+from router.api.deps import EngineDep, RoutesDep, WriterDep
+from router.schemas import Dashboard
+
+router = APIRouter(tags=["dashboard"])
+
+BucketDep = Annotated[
+    int, Query(ge=1, le=86_400, description="Width of a timeline bucket, in seconds.")
+]
+WindowDep = Annotated[
+    int, Query(ge=1, le=90 * 86_400, description="How far back the figures reach, in seconds.")
+]
+
+
+async def _dashboard(
+    route: str,
+    routes: RoutesDep,
+    engine: EngineDep,
+    writer: WriterDep,
+    bucket_s: int,
+    window_s: int,
+) -> Dashboard:
+    r = routes.get(route)  # 404 for an unknown route
+    await writer.flush()  # count every request this router has answered (at most one batch)
+    return await run_in_threadpool(
+        dashboard.build, engine, route=r, bucket_s=bucket_s, window_s=window_s
+    )
+
+
+@router.get("/v1/routes/{route}/dashboard")
+async def get_dashboard(
+    route: str,
+    routes: RoutesDep,
+    engine: EngineDep,
+    writer: WriterDep,
+    bucket_s: BucketDep = 60,
+    window_s: WindowDep = 3600,
+) -> Dashboard:
+    """Requests, errors, latency, TTFT, tokens/s, thumbs and votes per arm, and a timeline."""
+    return await _dashboard(route, routes, engine, writer, bucket_s, window_s)
+
+
+@router.get(
+    "/v1/routes/{route}/dashboard.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "Per-arm summary, timeline."}},
+)
+async def get_dashboard_csv(
+    route: str,
+    routes: RoutesDep,
+    engine: EngineDep,
+    writer: WriterDep,
+    bucket_s: BucketDep = 60,
+    window_s: WindowDep = 3600,
+) -> Response:
+    """The dashboard as CSV: one row per arm (section 'arm'), then the timeline."""
+    board = await _dashboard(route, routes, engine, writer, bucket_s, window_s)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", board.route)
+    stamp = board.generated_at.strftime("%Y%m%dT%H%M%SZ")
+    return Response(
+        dashboard.to_csv(board),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}-dashboard-{stamp}.csv"'},
+    )

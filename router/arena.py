@@ -1,0 +1,304 @@
+"""The blind arena: one prompt to both arms at once, the answers shown as ``a`` and ``b``.
+
+Each side is an ordinary inference row (the forced arm, ``assignment_reason`` "arena",
+the route's live experiment), answered without fallback so that each side shows its own
+arm's answer. Which side is which arm is drawn per battle (``secrets``) and stays hidden
+until the vote, which lands in ``votes`` with the battle's id: the evaluator counts it
+like any other pairwise vote. Battles live in ``arena_battles``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from router.api.routes.votes import winner_arm
+from router.assignment import ArmName
+from router.completions import ChatService
+from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
+from router.inference_log import crud
+from router.inference_log.record import DISCONNECTED, OK, RequestRecord
+from router.inference_log.writer import LogWriter
+from router.metrics import Metrics
+from router.schemas import (
+    BattleAnswer,
+    BattleIn,
+    BattlePublic,
+    BattleSide,
+    BattleState,
+    BattleVoteIn,
+    BattleVotePublic,
+    ChatCompletionRequest,
+    RevealedAnswer,
+)
+
+__all__ = ["ARENA", "Arena", "side_error"]
+
+log = logging.getLogger(__name__)
+
+#: ``assignment_reason`` of the arena's rows.
+ARENA = "arena"
+SIDES = ("a", "b")
+
+# What a failed side says. The row keeps the backend's own words, but those may name the
+# model or its endpoint and would give the blind comparison away.
+_SIDE_ERRORS = {
+    "timeout": "The model did not answer in time.",
+    "context_length_exceeded": "The conversation is too long for this model.",
+    DISCONNECTED: "The answer was cut off before it finished.",
+}
+_SIDE_ERROR = "The model failed to answer."
+
+
+def side_error(code: str | None) -> str:
+    """The readable, anonymous message for a side that failed with ``code``."""
+    return _SIDE_ERRORS.get(code or "", _SIDE_ERROR)
+
+
+class Arena:
+    """Battles on the routes of one ``ChatService``; cheap, made per request."""
+
+    def __init__(
+        self, *, chat: ChatService, engine: Engine, writer: LogWriter, metrics: Metrics
+    ) -> None:
+        self._chat = chat
+        self._engine = engine
+        self._writer = writer
+        self._metrics = metrics
+
+    # -- battles --------------------------------------------------------------------------
+    async def battle(self, body: BattleIn) -> BattlePublic:
+        """Ask both arms at once and wait for both answers (a failed side shows an error)."""
+        request, unit, arms = self._draw(body)
+        results = await asyncio.gather(
+            *(self._chat.complete_arm(request, arm=arm, reason=ARENA, unit=unit) for arm in arms),
+            return_exceptions=True,
+        )
+        ids, answers = [], []
+        for result in results:
+            if isinstance(result, CanaryError) and result.request_id is not None:
+                ids.append(result.request_id)
+                answers.append(BattleAnswer(content=None, finish_reason=None, error=_error(result)))
+            elif isinstance(result, BaseException):
+                raise result  # a bug, not a model failing: the row is logged, answer 500
+            else:
+                record, completion = result
+                ids.append(record.request_id)
+                answers.append(
+                    BattleAnswer(
+                        content=completion.text, finish_reason=completion.finish_reason, error=None
+                    )
+                )
+        row = await self._store(request.model, unit, ids)
+        return BattlePublic(
+            battle_id=row["battle_id"],
+            route=row["route"],
+            created_at=row["created_at"],
+            a=answers[0],
+            b=answers[1],
+        )
+
+    async def stream(self, body: BattleIn) -> AsyncIterator[bytes]:
+        """Server-sent events: ``battle`` first, then both sides' events as they come.
+
+        The battle is stored before the first event, so its id can be looked up at once;
+        a vote is accepted once both answers are logged.
+        """
+        request, unit, arms = self._draw(body)
+        sides = [self._chat.stream_arm(request, arm=arm, reason=ARENA, unit=unit) for arm in arms]
+        row = await self._store(request.model, unit, [record.request_id for record, _ in sides])
+        return self._events(row, sides)
+
+    async def get(self, battle_id: str) -> BattleState:
+        """The battle's answers; who gave them only once it is voted on."""
+        battle = await self._battle(battle_id)
+        revealed = battle["winner"] is not None
+        outcome = _outcome(battle) if revealed else None
+        return BattleState(
+            battle_id=battle["battle_id"],
+            route=battle["route"],
+            created_at=battle["created_at"],
+            revealed=revealed,
+            winner=battle["winner"],
+            winner_arm=outcome,  # type: ignore[arg-type]  # one of WinnerArm
+            a=_logged_answer(battle, "a", revealed),
+            b=_logged_answer(battle, "b", revealed),
+        )
+
+    async def vote(self, battle_id: str, body: BattleVoteIn) -> BattleVotePublic:
+        """Store the vote (once per battle) and reveal who each side was."""
+        battle = await self._battle(battle_id)
+        if battle["winner"] is not None:
+            raise Conflict(f"Battle {battle_id!r} already has a vote.", code="vote_exists")
+        if battle["a"] is None or battle["b"] is None:
+            raise Conflict(
+                f"Battle {battle_id!r} is still being answered; vote once both answers are in.",
+                code="battle_in_progress",
+            )
+        await run_in_threadpool(
+            crud.insert_vote,
+            self._engine,
+            route=battle["route"],
+            request_id_a=battle["request_id_a"],
+            request_id_b=battle["request_id_b"],
+            winner=body.winner,
+            unit_id=body.user or battle["unit_id"],
+            battle_id=battle_id,
+        )
+        battle["winner"] = body.winner
+        outcome = _outcome(battle)
+        self._metrics.votes.labels(battle["route"], outcome).inc()
+        self._metrics.arena_votes.labels(battle["route"], outcome).inc()
+        return BattleVotePublic(
+            battle_id=battle_id,
+            winner=body.winner,
+            winner_arm=outcome,  # type: ignore[arg-type]  # one of WinnerArm
+            a=_side(battle["a"]),
+            b=_side(battle["b"]),
+        )
+
+    # -- steps ----------------------------------------------------------------------------
+    def _draw(self, body: BattleIn) -> tuple[ChatCompletionRequest, str, tuple[ArmName, ...]]:
+        """The chat request both arms get, the unit, and the arms in side order (a, b)."""
+        request = ChatCompletionRequest(
+            model=body.route,
+            messages=body.messages,
+            user=body.user,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            stream=body.stream,
+        )
+        route = self._chat.check(request)  # 404 unknown route, 400 limits
+        if route.challenger is None:
+            raise InvalidRequest(
+                f"Route {route.name!r} has no challenger: a battle needs both arms.",
+                code="no_challenger",
+            )
+        unit = body.user or f"anon-{uuid.uuid4().hex}"
+        arms: tuple[ArmName, ...] = ("champion", "challenger")
+        if secrets.randbelow(2):
+            arms = arms[::-1]
+        return request, unit, arms
+
+    async def _store(self, route: str, unit: str, request_ids: list[str]) -> dict[str, Any]:
+        row = await run_in_threadpool(
+            crud.insert_battle,
+            self._engine,
+            battle_id=f"battle-{uuid.uuid4().hex}",
+            route=route,
+            unit_id=unit,
+            request_id_a=request_ids[0],
+            request_id_b=request_ids[1],
+        )
+        self._metrics.arena_battles.labels(route).inc()
+        return row
+
+    async def _battle(self, battle_id: str) -> dict[str, Any]:
+        """The stored battle with both rows; rows still in the writer's buffer are committed."""
+        battle = await run_in_threadpool(crud.get_battle, self._engine, battle_id=battle_id)
+        if battle is None:
+            raise NotFound(f"No arena battle {battle_id!r}.", code="battle_not_found")
+        ids = (battle["request_id_a"], battle["request_id_b"])
+        if any(self._writer.is_pending(i) for i in ids):
+            await self._writer.flush()
+            battle = await run_in_threadpool(crud.get_battle, self._engine, battle_id=battle_id)
+            assert battle is not None  # battles are never deleted
+        return battle
+
+    async def _events(
+        self,
+        battle: dict[str, Any],
+        sides: list[tuple[RequestRecord, AsyncGenerator[str, None]]],
+    ) -> AsyncIterator[bytes]:
+        """Merge both sides' streams into one event stream, in the order pieces arrive."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        pumps = [
+            asyncio.create_task(_pump(side, record, pieces, queue))
+            for side, (record, pieces) in zip(SIDES, sides, strict=True)
+        ]
+        try:
+            yield _event(
+                {"type": "battle", "battle_id": battle["battle_id"], "route": battle["route"]}
+            )
+            running = len(pumps)
+            while running:
+                event = await queue.get()
+                if event is None:  # that side is over
+                    running -= 1
+                else:
+                    yield _event(event)
+            yield b"data: [DONE]\n\n"
+        finally:
+            # The client left early: stop both sides (their rows say client_disconnected).
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def _pump(
+    side: str,
+    record: RequestRecord,
+    pieces: AsyncGenerator[str, None],
+    queue: asyncio.Queue[dict[str, Any] | None],
+) -> None:
+    """Feed one side's events into the merged stream, then ``None``."""
+    try:
+        async with aclosing(pieces):
+            async for piece in pieces:
+                queue.put_nowait({"type": "delta", "side": side, "content": piece})
+        queue.put_nowait({"type": "done", "side": side, "finish_reason": record.finish_reason})
+    except CanaryError as exc:
+        queue.put_nowait({"type": "error", "side": side, "message": _error(exc)})
+    except Exception:
+        log.exception("arena side failed", extra={"request_id": record.request_id})
+        queue.put_nowait({"type": "error", "side": side, "message": side_error(None)})
+    finally:
+        queue.put_nowait(None)
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _error(exc: CanaryError) -> str:
+    return side_error(exc.code or exc.type)
+
+
+def _outcome(battle: dict[str, Any]) -> str:
+    return winner_arm(battle["winner"], battle["a"]["arm"], battle["b"]["arm"])
+
+
+def _side(row: dict[str, Any]) -> BattleSide:
+    return BattleSide(
+        arm=row["arm"],
+        model=row["model_name"],
+        version=row["model_version"],
+        request_id=row["request_id"],
+    )
+
+
+def _logged_answer(battle: dict[str, Any], side: str, revealed: bool) -> BattleAnswer:
+    """A side as logged: None fields while it is being answered; who, once revealed."""
+    row = battle[side]
+    if row is None:
+        return BattleAnswer(content=None, finish_reason=None, error=None)
+    failed = row["status"] != OK
+    answer = BattleAnswer(
+        content=row["response_text"],
+        finish_reason=row["finish_reason"],
+        error=side_error(row["status"] if row["status"] == DISCONNECTED else row["error_type"])
+        if failed
+        else None,
+    )
+    if not revealed:
+        return answer
+    return RevealedAnswer(**answer.model_dump(), **_side(row).model_dump())

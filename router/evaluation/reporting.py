@@ -1,0 +1,208 @@
+"""The promotion report: its data from the database, and its MLflow run once it has ended.
+
+:func:`report_data` is what ``GET /v1/experiments/{id}/report.json`` returns and
+``experiments.report.render_html`` draws: the analysis (with the stored sequential
+history), the thumbs-up timeline, traffic per stage, the decision history and, for an
+ended experiment, the decision that ended it. :func:`publish` renders it and logs it to
+MLflow through ``registry.reports``, then records the run id on the experiment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+
+from experiments.analysis import Analysis
+from experiments.report import render_html, report_input
+from router.evaluation import store
+from router.evaluation.aggregate import stage_traffic, timeline
+from router.evaluation.models import ENDED_BY, LIVE
+from router.inference_log.models import utcnow
+
+if TYPE_CHECKING:
+    from registry.reports import ReportRun
+    from registry.store import Registry
+
+__all__ = ["publish", "report_data", "run_metrics", "run_params", "stages_of"]
+
+
+def stages_of(exp: Mapping[str, Any], decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stages the experiment went through: ``{index, challenger_percent, started_at,
+    ended_at}``, from its start and the ``advance`` decisions that were acted on.
+
+    The current stage's start is ``stage_started_at`` (set in the advance's transaction);
+    an ended experiment's last stage ends when it ended, a live one's is open (None).
+    """
+    stages = exp["stages"]
+    starts: list[tuple[int, datetime]] = [(0, _aware(exp["created_at"]))]
+    for d in decisions:
+        if d["action"] == "advance" and d["acted"]:
+            index = min(int(d["stage_index"]) + 1, len(stages) - 1)
+            if index != starts[-1][0]:
+                starts.append((index, _aware(d["created_at"])))
+    if starts[-1][0] == exp["stage_index"] and exp["stage_index"] > 0:
+        starts[-1] = (exp["stage_index"], _aware(exp["stage_started_at"]))
+    ended = None if exp["status"] in LIVE else _aware(exp["updated_at"])
+    return [
+        {
+            "index": index,
+            "challenger_percent": float(stages[index]),
+            "started_at": start,
+            "ended_at": starts[k + 1][1] if k + 1 < len(starts) else ended,
+        }
+        for k, (index, start) in enumerate(starts)
+    ]
+
+
+def report_data(engine: Engine, exp: dict[str, Any], analysis: Analysis) -> dict[str, Any]:
+    """``experiments.report.render_html``'s input for ``exp`` with its current ``analysis``."""
+    decisions = store.list_decisions(engine, experiment_id=exp["id"])
+    ended = _aware(exp["updated_at"]) if exp["status"] not in LIVE else utcnow()
+    span_s = max((ended - _aware(exp["created_at"])).total_seconds(), 1.0)
+    buckets = timeline(
+        engine,
+        route=exp["route"],
+        experiment_id=exp["id"],
+        since=None,
+        bucket_s=max(60.0, span_s / 60),  # about 60 points whatever the length
+    )
+    stages = stages_of(exp, decisions)
+    counts = stage_traffic(
+        engine,
+        route=exp["route"],
+        experiment_id=exp["id"],
+        starts=[s["started_at"] for s in stages],
+    )
+    final = None
+    if exp["status"] in ENDED_BY:
+        acted = [d for d in decisions if d["acted"] and d["action"] == ENDED_BY[exp["status"]]]
+        if acted:
+            final = {
+                "action": acted[-1]["action"],
+                "reasons": acted[-1]["reasons"],
+                "actor": acted[-1]["actor"],
+                "time": _iso(acted[-1]["created_at"]),
+            }
+    return report_input(
+        analysis,
+        title=f"Canary report: {exp['route']}",
+        route=exp["route"],
+        experiment_id=exp["id"],
+        champion_version=exp["champion_version"],
+        challenger_version=exp["challenger_version"],
+        status=exp["status"],
+        stage=exp["stage_index"],
+        generated_at=utcnow().isoformat(),
+        report_run_id=exp.get("report_run_id"),
+        final_decision=final,
+        timeline=[
+            {"time": _iso(b["start"]), "arm": b["arm"], "ups": b["ups"], "rated": b["rated"]}
+            for b in buckets
+        ],
+        traffic=[
+            {
+                "stage": s["index"] + 1,
+                "challenger_percent": s["challenger_percent"],
+                "started_at": _iso(s["started_at"]),
+                "ended_at": _iso(s["ended_at"]) if s["ended_at"] else None,
+                "requests": c["requests"],
+                "units": c["units"],
+            }
+            for s, c in zip(stages, counts, strict=True)
+        ],
+        policy=exp["policy"],
+        decisions=[
+            {
+                "time": _iso(d["created_at"]),
+                "action": d["action"],
+                "acted": d["acted"],
+                "actor": d["actor"],
+                "reasons": d["reasons"],
+            }
+            for d in decisions
+        ],
+    )
+
+
+def run_params(exp: Mapping[str, Any]) -> dict[str, Any]:
+    """The report run's params: route, experiment, stages, policy fields, both versions."""
+    return {
+        "route": exp["route"],
+        "experiment_id": exp["id"],
+        "stages": ",".join(f"{float(s):g}" for s in exp["stages"]),
+        "final_stage": int(exp["stage_index"]) + 1,
+        "status": exp["status"],
+        "champion_version": exp["champion_version"],
+        "challenger_version": exp["challenger_version"],
+        "started_at": _iso(exp["created_at"]),
+        "ended_at": _iso(exp["updated_at"]),
+        **{f"policy.{k}": _param(v) for k, v in exp["policy"].items()},
+    }
+
+
+def run_metrics(analysis: Mapping[str, Any]) -> dict[str, float]:
+    """Every number of an analysis (``Analysis.to_dict``) as a flat MLflow metric.
+
+    Keys follow the JSON: ``arms.challenger.requests``, ``thumbs_up_rate.p_value``,
+    ``thumbs_up_rate.p_value_sequential``, ``latency.p95_ratio``, ``votes.win_rate``,
+    ``votes.bradley_terry.challenger``, ``srm.p_value``; a confidence interval becomes
+    ``.ci_low`` / ``.ci_high``. None and non-finite values are left out.
+    """
+    out: dict[str, float] = {}
+    _flatten("arms", analysis.get("arms") or {}, out)
+    for key, value in (analysis.get("metrics") or {}).items():
+        _flatten(key, value, out)
+    _flatten("srm", analysis.get("srm") or {}, out)
+    return out
+
+
+def publish(
+    engine: Engine, registry: Registry, exp: dict[str, Any], report: dict[str, Any]
+) -> ReportRun:
+    """Log the ended experiment's ``report`` to MLflow and record the run id. Blocking."""
+    from registry.reports import log_report  # MLflow loads only where a registry is used
+
+    run = log_report(
+        registry,
+        route=exp["route"],
+        experiment_id=exp["id"],
+        champion_version=exp["champion_version"],
+        challenger_version=exp["challenger_version"],
+        decision=ENDED_BY[exp["status"]],
+        params=run_params(exp),
+        metrics=run_metrics(report["analysis"]),
+        html=render_html(report),
+        data=report,
+    )
+    store.set_report_run(engine, experiment_id=exp["id"], run_id=run.run_id)
+    return run
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}", inner, out)
+    elif isinstance(value, list | tuple) and len(value) == 2 and prefix.endswith(".ci"):
+        _flatten(f"{prefix}_low", value[0], out)
+        _flatten(f"{prefix}_high", value[1], out)
+    elif isinstance(value, int | float) and math.isfinite(value):
+        out[prefix] = float(value)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes for UTC columns; Postgres aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _aware(moment).isoformat()

@@ -1,0 +1,83 @@
+"""The app around the tabs: header, mount in the router's main job, ``canary ui``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import gradio as gr
+import httpx
+
+from router.cli import build_parser
+from router.config import Settings
+from tests.servers import free_port
+from tests.ui.conftest import Running
+from ui import cli as ui_cli
+from ui.app import build_ui, load_header, route_status
+from ui.client import RouterClient
+from ui.mount import served_at
+
+
+async def test_header_gives_a_unit_the_routes_and_the_split(client: RouterClient) -> None:
+    unit, picker, status = await load_header(client, None, None)
+    assert unit.startswith("ui-") and len(unit) > 10
+    assert picker["choices"] == ["chat"] and picker["value"] == "chat"
+    assert "connected" in status and "champion 50% · challenger 50%" in status
+    same, _, _ = await load_header(client, unit, "chat")
+    assert same == unit  # the browser keeps its unit: assignment stays sticky
+    assert "chat: champion 50%" in await route_status(client, "chat")
+    assert "gone from the router" in await route_status(client, "ghost")
+
+
+async def test_header_says_when_the_router_is_down() -> None:
+    down = RouterClient(f"http://127.0.0.1:{free_port()}")
+    unit, picker, status = await load_header(down, "ui-kept", None)
+    assert unit == "ui-kept" and picker["choices"] == []
+    assert "Router unavailable" in status and "unreachable" in status
+    await down.aclose()
+
+
+def test_build_ui_has_the_four_tabs() -> None:
+    blocks = build_ui(RouterClient("http://127.0.0.1:1"))
+    tabs = [b.label for b in blocks.blocks.values() if isinstance(b, gr.Tab)]
+    assert tabs == ["Arena", "Chat", "Dashboard", "Experiments"]
+    assert blocks.title == "canary-router"
+
+
+def test_main_job_serves_the_ui_on_its_own_port(
+    make_settings: Callable[..., Settings],
+    run_router: Callable[..., AbstractContextManager[Running]],
+) -> None:
+    with run_router(make_settings(ui_enabled=True)) as (server, _):
+        assert httpx.get(f"{server.url}/ui/", timeout=30).status_code == 200
+        config = httpx.get(f"{server.url}/ui/config", timeout=30).json()
+        assert config["title"] == "canary-router"
+        assert httpx.get(f"{server.url}/v1/routes").status_code == 200  # API untouched
+    with run_router(make_settings(ui_enabled=False)) as (server, _):
+        assert httpx.get(f"{server.url}/ui/").status_code == 404
+
+
+def test_the_ui_calls_the_address_it_was_served_on() -> None:
+    scope = {"type": "http", "scheme": "http", "server": ("127.0.0.1", 43123)}
+    assert served_at(scope) == "http://127.0.0.1:43123"
+    assert served_at({**scope, "server": ("::1", 8000)}) == "http://[::1]:8000"
+    assert served_at({**scope, "server": ("/run/canary.sock", None)}) is None
+
+
+def test_canary_ui_command() -> None:
+    args = build_parser().parse_args(
+        ["ui", "--router", "http://10.0.0.5:8000", "--port", "9000", "--admin-token", "t"]
+    )
+    assert args.func is ui_cli._run
+    assert (args.router, args.port, args.host, args.admin_token) == (
+        "http://10.0.0.5:8000",
+        9000,
+        "127.0.0.1",
+        "t",
+    )
+    defaults = build_parser().parse_args(["ui"])
+    assert (defaults.router, defaults.port, defaults.admin_token) == (
+        "http://127.0.0.1:8000",
+        7860,
+        None,
+    )

@@ -1,0 +1,376 @@
+"""``RouterClient``: the one place the UI speaks HTTP to the router.
+
+Everything the UI shows or does goes through the router's public API, so a program can
+do the same. Error responses become :class:`RouterError` carrying the router's own
+readable message; a router that cannot be reached becomes :class:`RouterUnreachable`.
+
+::
+
+    RouterError              the router answered with an error (status, code, message)
+    └── RouterUnreachable    no answer at all: connection refused, DNS, timeout
+
+Streams (chat and arena) are parsed from server-sent events into small event objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+__all__ = [
+    "BattleStarted",
+    "ChatStarted",
+    "RouterClient",
+    "RouterError",
+    "RouterUnreachable",
+    "StreamDone",
+    "StreamFailed",
+    "TextDelta",
+]
+
+#: An experiment id that cannot exist: an admin call on it answers 404 with a good token
+#: and 401/403 with a bad one, so it checks a token without changing anything.
+_TOKEN_PROBE_ID = "canary-ui-token-check"
+
+
+class RouterError(Exception):
+    """The router refused or failed a call; ``message`` is meant for a person."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+    @property
+    def unauthorised(self) -> bool:
+        """401 or 403: no admin token, a wrong one, or the admin API switched off."""
+        return self.status in (401, 403)
+
+
+class RouterUnreachable(RouterError):
+    """No HTTP answer came back from the router."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatStarted:
+    """First event of a chat stream: the logged request and, for debugging, who answers."""
+
+    request_id: str
+    arm: str
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class BattleStarted:
+    """First event of an arena stream."""
+
+    battle_id: str
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of an answer; ``side`` is ``a``/``b`` in the arena, ``None`` in chat."""
+
+    text: str
+    side: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDone:
+    """An answer finished normally."""
+
+    finish_reason: str | None
+    side: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """An answer stopped with an error; ``message`` is the router's."""
+
+    message: str
+    side: str | None = None
+
+
+ChatEvent = ChatStarted | TextDelta | StreamDone | StreamFailed
+ArenaEvent = BattleStarted | TextDelta | StreamDone | StreamFailed
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str | None]:
+    """The router's ``{"error": {"message", "code"}}``, or a sentence about the status."""
+    try:
+        error = response.json().get("error") or {}
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"]), error.get("code")
+    except (ValueError, AttributeError):
+        pass
+    reason = response.reason_phrase or "error"
+    return f"The router answered {response.status_code} {reason}.", None
+
+
+class RouterClient:
+    """Async client of one router's HTTP API.
+
+    ``base_url`` may be ``None`` when the UI is mounted in the router itself and learns
+    the address it is served on from its first request (:meth:`follow`).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None,
+        *,
+        admin_token: str | None = None,
+        timeout_s: float = 330.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") if base_url else None
+        #: Pre-set admin token (``canary ui --admin-token``): the UI starts signed in.
+        self.admin_token = admin_token
+        # Connecting is quick or never; a model may take minutes to answer.
+        self._timeout = httpx.Timeout(timeout_s, connect=5.0)
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def follow(self, base_url: str) -> None:
+        """Set the router's address unless one was given (used by the in-process mount)."""
+        if self.base_url is None:
+            self.base_url = base_url.rstrip("/")
+
+    def _client(self) -> httpx.AsyncClient:
+        # A connection pool belongs to the event loop it was opened on.
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._loop is not loop:
+            self._http = httpx.AsyncClient(timeout=self._timeout, transport=self._transport)
+            self._loop = loop
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the connection pool (if it was opened on this loop)."""
+        if self._http is not None and self._loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = None
+
+    def _url(self, path: str) -> str:
+        if self.base_url is None:
+            raise RouterUnreachable("The UI does not know the router's address yet.")
+        return f"{self.base_url}{path}"
+
+    def _unreachable(self, exc: httpx.HTTPError) -> RouterUnreachable:
+        if isinstance(exc, httpx.TimeoutException):
+            return RouterUnreachable(f"The router at {self.base_url} did not answer in time.")
+        return RouterUnreachable(f"The router is unreachable at {self.base_url}.")
+
+    @staticmethod
+    def _headers(token: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}"} if token else {}
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> httpx.Response:
+        try:
+            response = await self._client().request(
+                method, self._url(path), json=json, params=params, headers=self._headers(token)
+            )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            message, code = _error_message(response)
+            raise RouterError(message, status=response.status_code, code=code)
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._request(method, path, **kwargs)).json()
+
+    async def _events(
+        self, path: str, body: dict[str, Any], *, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[tuple[httpx.Response, Any]]:
+        """POST ``body`` and yield ``(response, event)`` per SSE ``data:`` line until [DONE]."""
+        try:
+            async with self._client().stream(
+                "POST", self._url(path), json=body, headers=headers
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    message, code = _error_message(response)
+                    raise RouterError(message, status=response.status_code, code=code)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    yield response, orjson.loads(data)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+    # -- routes and chat ---------------------------------------------------------------
+
+    async def routes(self) -> list[dict[str, Any]]:
+        """``GET /v1/routes``: every route with its arms and live split."""
+        return list(await self._json("GET", "/v1/routes"))
+
+    async def chat_stream(
+        self,
+        route: str,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        user: str | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[ChatEvent]:
+        """Stream a chat completion: :class:`ChatStarted`, deltas, then done or failed."""
+        body: dict[str, Any] = {"model": route, "messages": list(messages), "stream": True}
+        if user:
+            body["user"] = user
+        if max_tokens:
+            body["max_tokens"] = max_tokens
+        started = False
+        async for response, event in self._events("/v1/chat/completions", body):
+            if not started:
+                started = True
+                yield ChatStarted(
+                    request_id=response.headers.get("x-request-id", ""),
+                    arm=response.headers.get("x-canary-arm", ""),
+                    model_version=response.headers.get("x-canary-model-version", ""),
+                )
+            if "error" in event:
+                yield StreamFailed(str((event["error"] or {}).get("message", "stream failed")))
+                return
+            for choice in event.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield TextDelta(text)
+                if choice.get("finish_reason"):
+                    yield StreamDone(choice["finish_reason"])
+
+    async def feedback(
+        self,
+        request_id: str,
+        value: str,
+        *,
+        comment: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/feedback``: thumbs ``up``/``down`` on a logged answer."""
+        body: dict[str, Any] = {"request_id": request_id, "value": value}
+        if comment:
+            body["comment"] = comment
+        if user:
+            body["user"] = user
+        return dict(await self._json("POST", "/v1/feedback", json=body))
+
+    async def request(self, request_id: str) -> dict[str, Any]:
+        """``GET /v1/requests/{id}``: the logged row with its feedback."""
+        return dict(await self._json("GET", f"/v1/requests/{request_id}"))
+
+    # -- arena -------------------------------------------------------------------------
+
+    async def battle_stream(
+        self, route: str, messages: Sequence[Mapping[str, str]], *, user: str | None = None
+    ) -> AsyncIterator[ArenaEvent]:
+        """Stream a blind battle: :class:`BattleStarted`, then both sides' events."""
+        body: dict[str, Any] = {"route": route, "messages": list(messages), "stream": True}
+        if user:
+            body["user"] = user
+        async for _, event in self._events("/v1/arena/battles", body):
+            kind, side = event.get("type"), event.get("side")
+            if kind == "battle":
+                yield BattleStarted(battle_id=event["battle_id"], route=event.get("route", route))
+            elif kind == "delta" and event.get("content"):
+                yield TextDelta(event["content"], side=side)
+            elif kind == "done":
+                yield StreamDone(event.get("finish_reason"), side=side)
+            elif kind == "error":
+                yield StreamFailed(str(event.get("message", "this side failed")), side=side)
+            elif "error" in event:  # a failure of the whole stream, in OpenAI's shape
+                message = str((event["error"] or {}).get("message", "the battle failed"))
+                raise RouterError(message)
+
+    async def vote(self, battle_id: str, winner: str, *, user: str | None = None) -> dict[str, Any]:
+        """``POST /v1/arena/battles/{id}/vote``: store the vote; the answer reveals the arms."""
+        body: dict[str, Any] = {"winner": winner}
+        if user:
+            body["user"] = user
+        return dict(await self._json("POST", f"/v1/arena/battles/{battle_id}/vote", json=body))
+
+    async def battle(self, battle_id: str) -> dict[str, Any]:
+        """``GET /v1/arena/battles/{id}``."""
+        return dict(await self._json("GET", f"/v1/arena/battles/{battle_id}"))
+
+    # -- dashboard ---------------------------------------------------------------------
+
+    async def dashboard(
+        self, route: str, *, bucket_s: int = 60, window_s: int = 3600
+    ) -> dict[str, Any]:
+        """``GET /v1/routes/{route}/dashboard``: per-arm figures and their timeline."""
+        params = {"bucket_s": bucket_s, "window_s": window_s}
+        return dict(await self._json("GET", f"/v1/routes/{route}/dashboard", params=params))
+
+    async def dashboard_csv(self, route: str, *, bucket_s: int = 60, window_s: int = 3600) -> str:
+        """``GET /v1/routes/{route}/dashboard.csv``: the same figures as CSV."""
+        params = {"bucket_s": bucket_s, "window_s": window_s}
+        return (await self._request("GET", f"/v1/routes/{route}/dashboard.csv", params=params)).text
+
+    # -- experiments -------------------------------------------------------------------
+
+    async def experiments(self) -> list[dict[str, Any]]:
+        """``GET /v1/experiments``, newest first."""
+        return list(await self._json("GET", "/v1/experiments"))
+
+    async def experiment(self, experiment_id: str) -> dict[str, Any]:
+        """``GET /v1/experiments/{id}``: status, stage, weights and a fresh analysis."""
+        return dict(await self._json("GET", f"/v1/experiments/{experiment_id}"))
+
+    async def decisions(self, experiment_id: str) -> list[dict[str, Any]]:
+        """``GET /v1/experiments/{id}/decisions``, oldest first."""
+        return list(await self._json("GET", f"/v1/experiments/{experiment_id}/decisions"))
+
+    async def report_html(self, experiment_id: str) -> str:
+        """``GET /v1/experiments/{id}/report``: the self-contained HTML report."""
+        return (await self._request("GET", f"/v1/experiments/{experiment_id}/report")).text
+
+    async def start_experiment(
+        self,
+        route: str,
+        *,
+        token: str | None,
+        stages: Sequence[float] | None = None,
+        auto: bool | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/experiments`` (admin)."""
+        body: dict[str, Any] = {"route": route}
+        if stages:
+            body["stages"] = list(stages)
+        if auto is not None:
+            body["policy"] = {"auto": auto}
+        return dict(await self._json("POST", "/v1/experiments", json=body, token=token))
+
+    async def act(self, experiment_id: str, action: str, *, token: str | None) -> dict[str, Any]:
+        """``POST /v1/experiments/{id}/{action}`` (admin): evaluate, promote, rollback,
+        pause or resume; the answer is the decision recorded."""
+        path = f"/v1/experiments/{experiment_id}/{action}"
+        return dict(await self._json("POST", path, token=token))
+
+    async def check_admin_token(self, token: str) -> None:
+        """Raise :class:`RouterError` (``unauthorised``) unless the router accepts ``token``.
+
+        Asks for an admin action on an experiment that cannot exist: the router checks
+        the token first, so a good token gets 404 and nothing changes.
+        """
+        try:
+            await self._request("POST", f"/v1/experiments/{_TOKEN_PROBE_ID}/pause", token=token)
+        except RouterError as exc:
+            if exc.status != 404:
+                raise
