@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -52,18 +52,6 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(routes=arena_routes(), admin_token=TOKEN)
-
-
-@pytest.fixture
-def running(settings: Settings, run_router: Callable[..., Any]) -> Iterator[Running]:
-    with run_router(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def http(running: Running) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running[0].url, timeout=30) as client:
-        yield client
 
 
 def start(http: httpx.Client, route: str = "chat", **body: Any) -> httpx.Response:

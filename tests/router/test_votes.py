@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -60,18 +60,6 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(
         routes={**fake_routes(), "other": fake_routes()["chat"]}, allow_arm_override=True
     )
-
-
-@pytest.fixture
-def running(settings: Settings, run_router: Callable[..., Any]) -> Iterator[Running]:
-    with run_router(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def http(running: Running) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running[0].url, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture
