@@ -8,6 +8,12 @@ first stage and at a later one; and what a report adds (``timeline``, hourly buc
 ``stage_traffic``), on SQLite and on Postgres. Target: one evaluation over 1,000,000
 requests under 2 s on each.
 
+Side by side in the same run: a look whose per-unit error sums come from ``unit_totals``
+(what the evaluator reads: running totals a trigger keeps on every log insert) against the
+same look grouping the log itself (what a dashboard window reads; forced here by a window
+that holds every row), and what the trigger costs the log writer: 500-row batches
+committed as ``LogWriter`` commits them, alternately with the trigger and without it.
+
 The data: one experiment on route ``chat`` with ``--rows`` inference rows over 7 days,
 ~200k units (a skewed number of requests per unit, arm by the unit's hash bucket, 50/50),
 realistic statuses (ok ~95.5%, error, timeout, fallback, client gone, rejected, shadow
@@ -53,7 +59,8 @@ from sqlalchemy import Engine
 from experiments.analysis import analyse
 from experiments.policy import Policy
 from router.evaluation.aggregate import aggregate_stage, stage_traffic, timeline
-from router.inference_log.db import create_db_engine, migrate
+from router.inference_log.crud import LOG
+from router.inference_log.db import create_db_engine, insert, migrate
 
 TARGET_S = 2.0
 ROUTE, EXPERIMENT = "chat", "exp-bench"
@@ -307,12 +314,16 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
 def measure(name: str, engine: Engine, rows: int, seed_s: float, repeats: int) -> None:
     later_stage = START + timedelta(seconds=SPAN_S * 5 / 7)  # the last two of seven days
 
-    def evaluate(stage_since: datetime | None) -> Callable[[], Any]:
+    def evaluate(stage_since: datetime | None, since: datetime | None = None) -> Callable[[], Any]:
         """What the evaluator does per look: SQL aggregates, then every statistic."""
 
         def look() -> Any:
             arms, votes, stage = aggregate_stage(
-                engine, route=ROUTE, experiment_id=EXPERIMENT, stage_since=stage_since
+                engine,
+                route=ROUTE,
+                experiment_id=EXPERIMENT,
+                since=since,
+                stage_since=stage_since,
             )
             weights = {"champion": 0.5, "challenger": 0.5}
             analysis = analyse(
@@ -335,6 +346,11 @@ def measure(name: str, engine: Engine, rows: int, seed_s: float, repeats: int) -
     evaluate(None)()
     first_times, (arms, votes, _) = timed(evaluate(None), repeats)
     later_times, (_, _, later_units) = timed(evaluate(later_stage), repeats)
+    everything = START - timedelta(days=1)  # a window over every row: the log is grouped
+    scan_first, scanned = timed(evaluate(None, everything), repeats)
+    scan_later, scanned_later = timed(evaluate(later_stage, everything), repeats)
+    if (scanned[0], scanned_later[2]) != (arms, later_units):
+        raise SystemExit("the unit totals and the log scan disagree")
     report_times, (buckets, stages) = timed(report, repeats)
     counted = sum(a.requests for a in arms.values())
     print(f"\n{name}: {rows:,} rows seeded in {seed_s:.1f} s")
@@ -358,10 +374,68 @@ def measure(name: str, engine: Engine, rows: int, seed_s: float, repeats: int) -
             f"median {median:.3f} s (min {min(times):.3f}, max {max(times):.3f}; n={repeats}) "
             f"target < {TARGET_S:.1f} s: {verdict}  ({median / TARGET_S:.2f} of target)"
         )
+    for label, scan, totals in (
+        ("first", scan_first, first_times),
+        ("later", scan_later, later_times),
+    ):
+        print(
+            f"  {label} stage, grouping the log {statistics.median(scan):.3f} s -> unit totals "
+            f"{statistics.median(totals):.3f} s "
+            f"({statistics.median(totals) / statistics.median(scan):.2f}x)"
+        )
     print(
         f"  report extras (hourly timeline + traffic per stage): median "
         f"{statistics.median(report_times):.3f} s (min {min(report_times):.3f}, "
         f"max {max(report_times):.3f})"
+    )
+
+
+def write_cost(engine: Engine, batches: int = 40, size: int = 500) -> None:
+    """Milliseconds per 500-row batch committed as ``LogWriter`` commits it, with the
+    ``unit_totals`` trigger and without it, batches alternating."""
+    rows, _, _ = generate(batches * size, seed=99)
+    batch_rows = [
+        [dict(zip(LOG_COLUMNS, row, strict=True)) for row in rows[i : i + size]]
+        for i in range(0, len(rows), size)
+    ]
+    stmt = insert(engine, LOG).on_conflict_do_nothing(index_elements=["request_id"])
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:  # SQLite has no DISABLE TRIGGER: drop and recreate it
+        trigger_sql = (
+            ""
+            if postgres
+            else conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'unit_totals_on_log_insert'"
+            ).scalar_one()
+        )
+
+    def switch(on: bool) -> None:
+        with engine.begin() as conn:
+            if postgres:
+                state = "ENABLE" if on else "DISABLE"
+                conn.exec_driver_sql(
+                    f"ALTER TABLE inference_log {state} TRIGGER unit_totals_on_log_insert"
+                )
+            elif on:
+                conn.exec_driver_sql(trigger_sql)
+            else:
+                conn.exec_driver_sql("DROP TRIGGER unit_totals_on_log_insert")
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for k, batch in enumerate(batch_rows):
+        with_trigger = k % 2 == 0
+        if k % 2 == 1:
+            switch(False)
+        t0 = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(stmt, batch)
+        times[with_trigger].append(time.perf_counter() - t0)
+        if k % 2 == 1:
+            switch(True)
+    on, off = (statistics.median(times[flag]) * 1000 for flag in (True, False))
+    print(
+        f"  log writer, {size}-row batch: {off:.1f} ms without the unit_totals trigger, "
+        f"{on:.1f} ms with it ({on / off:.2f}x; {(on - off) * 1000 / size:.0f} us per row)"
     )
 
 
@@ -388,6 +462,7 @@ def main() -> None:
                 seed_sqlite(path, data)
                 seed_s = time.perf_counter() - t0
                 measure("SQLite", engine, args.rows, seed_s, args.repeats)
+                write_cost(engine)
                 print(f"  database file {path.stat().st_size / 1e6:.0f} MB")
             finally:
                 engine.dispose()
@@ -400,6 +475,7 @@ def main() -> None:
                 seed_postgres(url, data)
                 seed_s = time.perf_counter() - t0
                 measure("Postgres", engine, args.rows, seed_s, args.repeats)
+                write_cost(engine)
             finally:
                 engine.dispose()
 

@@ -36,9 +36,9 @@ from experiments.stats import ArmStats, VoteCounts
 from experiments.votes import compare_votes
 from router.errors import InvalidRequest
 
-# ``_bucket_start`` is the expression ``timeline`` buckets by: the latency buckets must be
+# ``bucket_start`` is the expression ``timeline`` buckets by: the latency buckets must be
 # the same ones, on SQLite and on Postgres.
-from router.evaluation.aggregate import ARMS, _bucket_start, aggregate, timeline
+from router.evaluation.aggregate import ARMS, aggregate, bucket_start, timeline
 from router.inference_log.models import InferenceRecord, utcnow
 from router.inference_log.record import OK
 from router.routes_table import Arm, Route
@@ -224,7 +224,7 @@ def _bucket_latency(
     arithmetic, which hold ``x[⌊h⌋]`` and ``x[⌊h⌋ + 1]`` however ``h`` rounds.
     """
     with engine.connect() as conn:
-        start = _bucket_start(conn, LOG.c.created_at, bucket_s)
+        start = bucket_start(conn, LOG.c.created_at, bucket_s)
         ranked = (
             select(
                 start.label("start"),

@@ -3,7 +3,7 @@
 Every heavy step is a ``GROUP BY`` the database runs; Python only reads a handful of
 rows per arm (plus the bounded latency samples). The same SQLAlchemy Core runs on SQLite
 and Postgres; the one dialect difference (turning a timestamp into a time bucket) lives
-in ``_bucket_start``.
+in ``bucket_start``.
 
 Rows that count: the route's rows of the experiment (``experiment_id`` None means rows
 logged outside any experiment), assigned to ``champion`` or ``challenger`` (shadow copies
@@ -14,6 +14,10 @@ Units of the split: only rows the traffic split assigned (``assignment_reason`` 
 per-stage minimums read. A forced arm (the ``X-Canary-Arm`` override, an arena battle
 asking both arms) says nothing about the split; those rows still count as requests of
 their arm (errors, ratings, latency) and their votes count.
+
+Per-unit error sums over a whole experiment come from ``unit_totals``, the per-unit
+running totals a trigger keeps on every log insert (migration 0006): a look reads one
+small row per unit instead of every request. A window (``since``) groups the log itself.
 
 Per-unit sums feed the delta method (Deng, Knoblich & Lu, "Applying the Delta Method in
 Metric Analytics", KDD 2018): for each unit u, ``x_u`` successes out of ``y_u`` trials;
@@ -47,7 +51,7 @@ from sqlalchemy import (
 
 from experiments.stats import ArmStats, RatioSums, VoteCounts
 from router.evaluation.snapshot import concurrent_reads
-from router.inference_log.models import Feedback, InferenceRecord, Vote
+from router.inference_log.models import Feedback, InferenceRecord, UnitTotals, Vote
 from router.inference_log.record import ERROR, FALLBACK, OK, REJECTED, TIMEOUT
 
 __all__ = [
@@ -56,14 +60,15 @@ __all__ = [
     "SPLIT",
     "aggregate",
     "aggregate_stage",
+    "bucket_start",
     "stage_traffic",
     "timeline",
-    "units_since",
 ]
 
 LOG = InferenceRecord.__table__  # type: ignore[attr-defined]
 FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
 VOTES = Vote.__table__  # type: ignore[attr-defined]
+TOTALS = UnitTotals.__table__  # type: ignore[attr-defined]
 
 ARMS = ("champion", "challenger")
 #: Statuses that count as a failed request of the assigned arm (a fallback answered, but
@@ -109,21 +114,18 @@ def aggregate_stage(
     """``aggregate``, plus the units the split assigned per arm since ``stage_since`` (the
     current stage's start; None: since ``since``): what SRM and per-stage minimums count.
 
-    The stage's units come out of the same scan as the error sums. The scans (errors, one
-    per arm; thumbs; samples and votes) run at once on one snapshot
-    (``snapshot.concurrent_reads``).
+    The stage's units come out of the same read as the error sums. The reads (errors;
+    thumbs; samples and votes) run at once on one snapshot (``snapshot.concurrent_reads``).
     """
     since, stage_since = _utc(since), _utc(stage_since)
-    with concurrent_reads(engine, 4) as submit:
-        error_jobs = [
-            submit(
-                partial(
-                    _unit_sums,
-                    per_unit=_error_units(route, experiment_id, since, stage_since, arm=arm),
-                )
-            )
-            for arm in ARMS
+    if since is None:
+        error_queries = [_error_totals(route, experiment_id, stage_since)]
+    else:  # one scan per arm: a range of the index each, read at once on Postgres
+        error_queries = [
+            _error_units(route, experiment_id, since, stage_since, arm=arm) for arm in ARMS
         ]
+    with concurrent_reads(engine, 4) as submit:
+        error_jobs = [submit(partial(_unit_sums, per_unit=query)) for query in error_queries]
         thumbs_job = submit(
             lambda conn: _unit_sums(conn, _thumb_units(route, experiment_id, since))
         )
@@ -159,24 +161,6 @@ def aggregate_stage(
     return arms, votes, stage_units
 
 
-def units_since(
-    engine: Engine, *, route: str, experiment_id: str | None, since: datetime
-) -> dict[str, int]:
-    """Distinct units the split assigned per arm since ``since``: what SRM and per-stage
-    minimums count.
-
-    One index-ordered COUNT(DISTINCT), far cheaper than a second ``aggregate``.
-    """
-    query = (
-        select(LOG.c.arm, func.count(LOG.c.unit_id.distinct()))
-        .where(*_counted(route, experiment_id, _utc(since)), LOG.c.assignment_reason.in_(SPLIT))
-        .group_by(LOG.c.arm)
-    )
-    with engine.connect() as conn:
-        counts: dict[str, int] = {arm: n for arm, n in conn.execute(query)}
-    return {arm: int(counts.get(arm, 0)) for arm in ARMS}
-
-
 def timeline(
     engine: Engine,
     *,
@@ -196,14 +180,14 @@ def timeline(
     since = _utc(since)
     failed = func.sum(case((LOG.c.status.in_(FAILED), 1), else_=0))
     with engine.connect() as conn, conn.begin():
-        start = _bucket_start(conn, LOG.c.created_at, step).label("start")
+        start = bucket_start(conn, LOG.c.created_at, step).label("start")
         traffic = (
             select(start, LOG.c.arm, func.count().label("requests"), failed.label("errors"))
             .where(*_counted(route, experiment_id, since))
             .group_by(start, LOG.c.arm)
         )
         latest = _latest_ratings(route, experiment_id, since)
-        start = _bucket_start(conn, latest.c.created_at, step).label("start")
+        start = bucket_start(conn, latest.c.created_at, step).label("start")
         rated = select(
             start,
             latest.c.arm,
@@ -324,6 +308,27 @@ def _error_units(
         # The router gives every assigned row a unit (``anon-<uuid>`` when the client sent
         # none), so grouping by the column keeps the index order (no sort of 1M rows).
         .group_by(LOG.c.arm, LOG.c.unit_id)
+    )
+
+
+def _error_totals(
+    route: str, experiment_id: str | None, stage_since: datetime | None
+) -> Select[Any]:
+    """``_error_units`` over the whole experiment, from the per-unit totals that the log's
+    insert trigger keeps: a unit was split-assigned in the stage if its latest split
+    assignment came after ``stage_since``."""
+    columns = [
+        TOTALS.c.arm,
+        TOTALS.c.failures.label("x"),
+        TOTALS.c.requests.label("y"),
+        case((TOTALS.c.split_requests > 0, 1), else_=0).label("split"),
+    ]
+    if stage_since is not None:
+        columns.append(case((TOTALS.c.last_split_at >= stage_since, 1), else_=0).label("stage"))
+    return select(*columns).where(
+        TOTALS.c.route == route,
+        TOTALS.c.experiment_id == (experiment_id or ""),
+        TOTALS.c.arm.in_(ARMS),
     )
 
 
@@ -479,7 +484,7 @@ def _votes(
     )
 
 
-def _bucket_start(conn: Connection, column: Any, step: int) -> ColumnElement[Any]:
+def bucket_start(conn: Connection, column: Any, step: int) -> ColumnElement[Any]:
     """Unix seconds of the start of ``column``'s time bucket: the one dialect difference.
 
     SQLite keeps timestamps as UTC text; ``extract(epoch)`` is ``strftime('%s')`` there,

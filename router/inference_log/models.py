@@ -130,6 +130,28 @@ class ArenaBattle(SQLModel, table=True):
     request_id_b: str = Field(max_length=64)
 
 
+class UnitTotals(SQLModel, table=True):
+    """Running totals of one unit's counted requests on one arm of a route's experiment.
+
+    Kept by a database trigger on every log insert (migration 0006 holds it and says which
+    rows count); nothing else writes here. ``experiment_id`` is '' outside experiments.
+    ``last_split_at`` is the unit's latest request the traffic split assigned.
+    """
+
+    __tablename__ = "unit_totals"
+
+    route: str = Field(primary_key=True, max_length=200)
+    experiment_id: str = Field(primary_key=True, max_length=64)
+    arm: str = Field(primary_key=True, max_length=16)
+    unit_id: str = Field(primary_key=True, max_length=200)
+    requests: int
+    failures: int
+    split_requests: int
+    last_split_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
 # Indexes for the evaluator (migration 0002 creates them), each covering one of its
 # queries, so none reads the wide log rows with their prompts and answers:
 # - the per-unit GROUP BY, read in (arm, unit) order: no sort;
