@@ -3,9 +3,12 @@ matches what the test logged, recomputed here from the rows themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +19,7 @@ import pytest
 from scipy import stats
 from sqlalchemy import create_engine, select
 
+from router import dashboard as dashboard_module
 from router.config import Settings
 from router.dashboard import CSV_COLUMNS
 from router.inference_log.crud import LOG
@@ -294,3 +298,43 @@ def test_numbers_are_finite_or_null(router: Any) -> None:
     found = numbers(board)
     assert found and all(math.isfinite(n) for n in found)
     assert request_id
+
+
+def test_requests_for_one_dashboard_at_once_share_one_build(
+    router: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI asks for the JSON and the CSV of a refresh together: one build serves both
+    (the same figures in each); a later request builds afresh."""
+    server, _ = router
+    builds = []
+    real_build = dashboard_module.build
+
+    def slow_build(*args: Any, **kwargs: Any) -> Any:
+        builds.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other requests to arrive meanwhile
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(dashboard_module, "build", slow_build)
+    with httpx.Client(base_url=server.url) as http:
+        traffic(http, 2)
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            return await asyncio.gather(
+                client.get("/v1/routes/chat/dashboard"),
+                client.get("/v1/routes/chat/dashboard.csv"),
+                client.get("/v1/routes/chat/dashboard"),
+                client.get("/v1/routes/chat/dashboard", params={"window_s": 600}),
+            )
+
+    board, csv_response, again, other_window = asyncio.run(together())
+    assert [r.status_code for r in (board, csv_response, again, other_window)] == [200] * 4
+    assert len(builds) == 2  # one per distinct dashboard, not one per request
+    assert board.json() == again.json()
+    # The CSV's per-arm rows are stamped with the time of the build the JSON came from.
+    arm_rows = [r for r in csv.DictReader(io.StringIO(csv_response.text)) if r["section"] == "arm"]
+    stamps = {datetime.fromisoformat(r["time"]) for r in arm_rows}
+    assert stamps == {datetime.fromisoformat(board.json()["generated_at"])}
+    assert other_window.json()["window_s"] == 600
+    httpx.get(f"{server.url}/v1/routes/chat/dashboard")
+    assert len(builds) == 3

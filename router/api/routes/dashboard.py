@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
@@ -23,6 +24,14 @@ WindowDep = Annotated[
 ]
 
 
+#: Builds under way, by (database, route, experiment, bucket_s, window_s). Whoever asks for the same
+#: dashboard meanwhile awaits that build instead of starting another: the UI fetches the
+#: JSON and the CSV of one refresh together (one build, the same figures in both), and
+#: every open dashboard refreshes on its own timer. A build over a million rows takes
+#: seconds of a core's time; nothing is kept once it is done.
+_building: dict[tuple[int, str, str | None, int, int], asyncio.Future[Dashboard]] = {}
+
+
 async def _dashboard(
     route: str,
     routes: RoutesDep,
@@ -33,9 +42,18 @@ async def _dashboard(
 ) -> Dashboard:
     r = routes.get(route)  # 404 for an unknown route
     await writer.flush()  # count every request this router has answered (at most one batch)
-    return await run_in_threadpool(
-        dashboard.build, engine, route=r, bucket_s=bucket_s, window_s=window_s
-    )
+    key = (id(engine), r.name, r.experiment_id, bucket_s, window_s)
+    build = _building.get(key)
+    if build is None:
+        build = asyncio.ensure_future(
+            run_in_threadpool(
+                dashboard.build, engine, route=r, bucket_s=bucket_s, window_s=window_s
+            )
+        )
+        _building[key] = build
+        build.add_done_callback(lambda _: _building.pop(key, None))
+    # A caller that goes away must not cancel the build the others await.
+    return await asyncio.shield(build)
 
 
 @router.get("/v1/routes/{route}/dashboard")
