@@ -21,11 +21,11 @@ import orjson
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from router.api.routes.votes import winner_arm
 from router.assignment import ArmName
 from router.completions import ChatService
 from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
 from router.inference_log import crud
+from router.inference_log.models import winner_arm
 from router.inference_log.record import DISCONNECTED, OK, RequestRecord
 from router.inference_log.writer import LogWriter
 from router.metrics import Metrics

@@ -87,6 +87,11 @@ class Feedback(SQLModel, table=True):
 WINNERS = ("a", "b", "tie", "both_bad")
 
 
+def winner_arm(winner: str, arm_a: str, arm_b: str) -> str:
+    """The arm a vote favours (``champion``/``challenger``), else ``tie``/``both_bad``."""
+    return {"a": arm_a, "b": arm_b}.get(winner, winner)
+
+
 class Vote(SQLModel, table=True):
     """A blind side-by-side vote between two logged answers of one route.
 

@@ -10,16 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from router.api.deps import EngineDep, MetricsDep, WriterDep
 from router.errors import InvalidRequest, NotFound
 from router.inference_log import crud
+from router.inference_log.models import winner_arm
 from router.schemas import VoteIn, VotePublic
 
 router = APIRouter(tags=["votes"])
 
 ARMS = ("champion", "challenger")
-
-
-def winner_arm(winner: str, arm_a: str, arm_b: str) -> str:
-    """The arm the vote favours (``champion``/``challenger``), else ``tie``/``both_bad``."""
-    return {"a": arm_a, "b": arm_b}.get(winner, winner)
 
 
 async def _pair(body: VoteIn, engine: EngineDep, writer: WriterDep) -> list[dict[str, Any]]:
