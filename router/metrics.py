@@ -86,6 +86,20 @@ class Metrics:
         self.log_write_failures = Counter(
             "canary_log_write_failures", "Failed batch writes (each is retried).", registry=r
         )
+        self.evaluation_duration = Histogram(
+            "canary_evaluation_duration_seconds",
+            "One evaluation of an experiment: SQL aggregates, statistics, the decision stored.",
+            ("route",),
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.decisions = Counter(
+            "canary_decisions",
+            "Evaluator and operator decisions by action; acted: whether it was carried out "
+            "(manual policies only recommend).",
+            ("route", "action", "acted"),
+            registry=r,
+        )
         self.report_log_failures = Counter(
             "canary_report_log_failures",
             "Failed attempts to log an ended experiment's report to MLflow (each is retried).",

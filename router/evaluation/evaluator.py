@@ -91,8 +91,12 @@ class Evaluator:
 
     async def evaluate(self, experiment_id: str, *, actor: str) -> dict[str, Any]:
         """Analyse now and record the decision; act on it when the policy is automatic."""
+        started = time.perf_counter()
         decision = await asyncio.to_thread(self._evaluate, experiment_id, actor)
-        await self._decided(experiment_id, decision)
+        seconds = time.perf_counter() - started
+        exp = await self._decided(experiment_id, decision)
+        if self._metrics is not None and exp is not None:
+            self._metrics.evaluation_duration.labels(exp["route"]).observe(seconds)
         return decision
 
     async def force(self, experiment_id: str, action: str, *, actor: str) -> dict[str, Any]:
@@ -101,17 +105,22 @@ class Evaluator:
         await self._decided(experiment_id, decision)
         return decision
 
-    async def _decided(self, experiment_id: str, decision: dict[str, Any]) -> None:
+    async def _decided(self, experiment_id: str, decision: dict[str, Any]) -> dict[str, Any] | None:
+        """Follow a stored decision up (routes, metrics, report, webhook); the experiment."""
         await self.sync_routes()
         exp = await asyncio.to_thread(
             store.get_experiment, self._engine, experiment_id=experiment_id
         )
         if exp is None:
-            return
+            return None
+        if self._metrics is not None:
+            acted = "true" if decision["acted"] else "false"
+            self._metrics.decisions.labels(exp["route"], decision["action"], acted).inc()
         if self._registry is not None and exp["status"] not in LIVE:
             self._schedule_report(experiment_id)
         if self._webhook is not None:
             await self._webhook.send(exp, decision)
+        return exp
 
     # -- reports in MLflow ----------------------------------------------------------------
     @property

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -326,7 +327,24 @@ def test_manual_policy_only_recommends_and_admin_is_required(
         assert http.post(f"/v1/experiments/{exp['id']}/rollback", headers=ADMIN).status_code == 200
         ended = http.post(f"/v1/experiments/{exp['id']}/resume", headers=ADMIN)
         assert ended.status_code == 409
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(http.get("/metrics").text)
+            for s in family.samples
+        }
     assert registry.resolve("chat", "challenger") is None
+
+    def decisions(action: str, acted: str) -> float:
+        labels = (("acted", acted), ("action", action), ("route", "chat"))
+        return samples.get(("canary_decisions_total", labels), 0.0)
+
+    # The recommendation, then the operator's pause and rollback, each counted once.
+    assert decisions("promote", "false") == 1
+    assert decisions("pause", "true") == decisions("rollback", "true") == 1
+    assert decisions("promote", "true") == 0
+    looks = samples[("canary_evaluation_duration_seconds_count", (("route", "chat"),))]
+    assert looks == 1
+    assert samples[("canary_evaluation_duration_seconds_sum", (("route", "chat"),))] > 0
 
 
 def test_stages_advance_and_an_srm_halts(
