@@ -1,5 +1,9 @@
 """The blind arena: one prompt to both arms at once, the answers shown as ``a`` and ``b``.
 
+A battle can go on for several turns: each follow-up goes to the same arm on each side,
+with that side's own conversation so far (rebuilt from its latest logged row), and the
+battle then points at the new turn's rows. The vote is on the battle as it stands.
+
 Each side is an ordinary inference row (the forced arm, ``assignment_reason`` "arena",
 the route's live experiment), answered without fallback so that each side shows its own
 arm's answer. Which side is which arm is drawn per battle (``secrets``) and stays hidden
@@ -35,6 +39,7 @@ from router.schemas import (
     BattlePublic,
     BattleSide,
     BattleState,
+    BattleTurnIn,
     BattleVoteIn,
     BattleVotePublic,
     ChatCompletionRequest,
@@ -79,33 +84,9 @@ class Arena:
     async def battle(self, body: BattleIn) -> BattlePublic:
         """Ask both arms at once and wait for both answers (a failed side shows an error)."""
         request, unit, arms = self._draw(body)
-        results = await asyncio.gather(
-            *(self._chat.complete_arm(request, arm=arm, reason=ARENA, unit=unit) for arm in arms),
-            return_exceptions=True,
-        )
-        ids, answers = [], []
-        for result in results:
-            if isinstance(result, CanaryError) and result.request_id is not None:
-                ids.append(result.request_id)
-                answers.append(BattleAnswer(content=None, finish_reason=None, error=_error(result)))
-            elif isinstance(result, BaseException):
-                raise result  # a bug, not a model failing: the row is logged, answer 500
-            else:
-                record, completion = result
-                ids.append(record.request_id)
-                answers.append(
-                    BattleAnswer(
-                        content=completion.text, finish_reason=completion.finish_reason, error=None
-                    )
-                )
+        ids, answers = await self._complete((request, request), arms, unit)
         row = await self._store(request.model, unit, ids)
-        return BattlePublic(
-            battle_id=row["battle_id"],
-            route=row["route"],
-            created_at=row["created_at"],
-            a=answers[0],
-            b=answers[1],
-        )
+        return _public(row, answers)
 
     async def stream(self, body: BattleIn) -> AsyncIterator[bytes]:
         """Server-sent events: ``battle`` first, then both sides' events as they come.
@@ -118,6 +99,28 @@ class Arena:
         row = await self._store(request.model, unit, [record.request_id for record, _ in sides])
         return self._events(row, sides)
 
+    async def follow_up(self, battle_id: str, body: BattleTurnIn) -> BattlePublic:
+        """The next turn: each side answers ``body`` after its own earlier turns."""
+        battle, requests, arms = await self._next_turn(battle_id, body)
+        ids, answers = await self._complete(requests, arms, battle["unit_id"])
+        return _public(await self._advance(battle, ids), answers)
+
+    async def follow_up_stream(self, battle_id: str, body: BattleTurnIn) -> AsyncIterator[bytes]:
+        """``follow_up`` as server-sent events, the same ones a streamed battle sends."""
+        battle, requests, arms = await self._next_turn(battle_id, body)
+        unit = battle["unit_id"]
+        sides = [
+            self._chat.stream_arm(request, arm=arm, reason=ARENA, unit=unit)
+            for request, arm in zip(requests, arms, strict=True)
+        ]
+        try:
+            row = await self._advance(battle, [record.request_id for record, _ in sides])
+        except Conflict:
+            for _, pieces in sides:  # never started: logged as abandoned, nothing was asked
+                await pieces.aclose()
+            raise
+        return self._events(row, sides)
+
     async def get(self, battle_id: str) -> BattleState:
         """The battle's answers; who gave them only once it is voted on."""
         battle = await self._battle(battle_id)
@@ -127,6 +130,7 @@ class Arena:
             battle_id=battle["battle_id"],
             route=battle["route"],
             created_at=battle["created_at"],
+            turn=battle["turns"],
             revealed=revealed,
             winner=battle["winner"],
             winner_arm=outcome,  # type: ignore[arg-type]  # one of WinnerArm
@@ -189,6 +193,114 @@ class Arena:
             arms = arms[::-1]
         return request, unit, arms
 
+    async def _next_turn(
+        self, battle_id: str, body: BattleTurnIn
+    ) -> tuple[dict[str, Any], list[ChatCompletionRequest], tuple[ArmName, ...]]:
+        """The battle, each side's request for the follow-up (its own conversation so far,
+        then ``body``), and the sides' arms; 409 when the battle cannot go on."""
+        battle = await self._battle(battle_id)
+        if battle["winner"] is not None:
+            raise Conflict(
+                f"Battle {battle_id!r} has been voted on; start a new battle to go on.",
+                code="vote_exists",
+            )
+        if battle["a"] is None or battle["b"] is None:
+            raise Conflict(
+                f"Battle {battle_id!r} is still being answered; follow up once both "
+                "answers are in.",
+                code="battle_in_progress",
+            )
+        requests = []
+        for side in SIDES:
+            row = battle[side]
+            if row["status"] != OK:
+                raise Conflict(
+                    f"Model {side.upper()} failed to answer the last turn; vote on the battle "
+                    "or start a new one.",
+                    code="side_failed",
+                )
+            if row["prompt_messages"] is None or row["response_text"] is None:
+                raise Conflict(
+                    "This router does not store prompts and answers (store_prompts is off), "
+                    "so a battle cannot go on: start a new one.",
+                    code="history_not_stored",
+                )
+            messages = [
+                *row["prompt_messages"],
+                {"role": "assistant", "content": row["response_text"]},
+                {"role": "user", "content": body.content},
+            ]
+            requests.append(
+                ChatCompletionRequest(
+                    model=battle["route"],
+                    messages=messages,
+                    user=battle["unit_id"],
+                    max_tokens=body.max_tokens,
+                    temperature=body.temperature,
+                    stream=body.stream,
+                )
+            )
+        route = self._chat.check(requests[0])  # 404 route gone, 400 limits
+        arms: tuple[ArmName, ...] = (battle["a"]["arm"], battle["b"]["arm"])
+        serving = {"champion": route.champion, "challenger": route.challenger}
+        for side, arm in zip(SIDES, arms, strict=True):
+            now = serving[arm]
+            if now is None or now.version != battle[side]["model_version"]:
+                raise Conflict(
+                    f"The models of route {route.name!r} changed since battle {battle_id!r} "
+                    "began; start a new battle.",
+                    code="battle_models_changed",
+                )
+        return battle, requests, arms
+
+    async def _complete(
+        self,
+        requests: tuple[ChatCompletionRequest, ...] | list[ChatCompletionRequest],
+        arms: tuple[ArmName, ...],
+        unit: str,
+    ) -> tuple[list[str], list[BattleAnswer]]:
+        """Each side's request to its arm, at once: the rows' ids and the answers."""
+        results = await asyncio.gather(
+            *(
+                self._chat.complete_arm(request, arm=arm, reason=ARENA, unit=unit)
+                for request, arm in zip(requests, arms, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        ids, answers = [], []
+        for result in results:
+            if isinstance(result, CanaryError) and result.request_id is not None:
+                ids.append(result.request_id)
+                answers.append(BattleAnswer(content=None, finish_reason=None, error=_error(result)))
+            elif isinstance(result, BaseException):
+                raise result  # a bug, not a model failing: the row is logged, answer 500
+            else:
+                record, completion = result
+                ids.append(record.request_id)
+                answers.append(
+                    BattleAnswer(
+                        content=completion.text, finish_reason=completion.finish_reason, error=None
+                    )
+                )
+        return ids, answers
+
+    async def _advance(self, battle: dict[str, Any], request_ids: list[str]) -> dict[str, Any]:
+        row = await run_in_threadpool(
+            crud.advance_battle,
+            self._engine,
+            battle_id=battle["battle_id"],
+            turn=battle["turns"],
+            request_id_a=request_ids[0],
+            request_id_b=request_ids[1],
+        )
+        if row is None:
+            raise Conflict(
+                f"Battle {battle['battle_id']!r} moved on meanwhile (another follow-up or a "
+                "vote came first); reload it.",
+                code="battle_changed",
+            )
+        return row
+
     async def _store(self, route: str, unit: str, request_ids: list[str]) -> dict[str, Any]:
         row = await run_in_threadpool(
             crud.insert_battle,
@@ -227,7 +339,12 @@ class Arena:
         ]
         try:
             yield _event(
-                {"type": "battle", "battle_id": battle["battle_id"], "route": battle["route"]}
+                {
+                    "type": "battle",
+                    "battle_id": battle["battle_id"],
+                    "route": battle["route"],
+                    "turn": battle["turns"],
+                }
             )
             running = len(pumps)
             while running:
@@ -263,6 +380,17 @@ async def _pump(
         queue.put_nowait({"type": "error", "side": side, "message": side_error(None)})
     finally:
         queue.put_nowait(None)
+
+
+def _public(row: dict[str, Any], answers: list[BattleAnswer]) -> BattlePublic:
+    return BattlePublic(
+        battle_id=row["battle_id"],
+        route=row["route"],
+        created_at=row["created_at"],
+        turn=row["turns"],
+        a=answers[0],
+        b=answers[1],
+    )
 
 
 def _event(payload: dict[str, Any]) -> bytes:

@@ -217,6 +217,20 @@ class BattleIn(BaseModel):
     )
 
 
+class BattleTurnIn(BaseModel):
+    """``POST /v1/arena/battles/{battle_id}/turns``: a follow-up prompt. Each side answers
+    it in its own conversation (its earlier answers, not the other side's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, description="The follow-up, asked of both sides.")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stream: bool = Field(
+        default=False, description="Server-sent events, as when the battle started."
+    )
+
+
 class BattleAnswer(BaseModel):
     """One side's answer, with nothing that tells who gave it."""
 
@@ -231,6 +245,7 @@ class BattlePublic(BaseModel):
     battle_id: str
     route: str
     created_at: datetime
+    turn: int = Field(description="1 for the first prompt, then one more per follow-up.")
     a: BattleAnswer
     b: BattleAnswer
 
@@ -286,6 +301,7 @@ class BattleState(BaseModel):
     battle_id: str
     route: str
     created_at: datetime
+    turn: int = Field(description="How many prompts so far; a/b are the latest answers.")
     revealed: bool
     winner: Winner | None
     winner_arm: WinnerArm | None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, exists, select
 from sqlalchemy.exc import IntegrityError
 
 from router.errors import Conflict
@@ -28,6 +28,7 @@ _SIDE_COLUMNS = (
     "finish_reason",
     "status",
     "error_type",
+    "prompt_messages",
 )
 
 
@@ -129,6 +130,23 @@ def insert_battle(
     )
     with engine.begin() as conn:
         return dict(conn.execute(stmt).mappings().one())
+
+
+def advance_battle(
+    engine: Engine, *, battle_id: str, turn: int, request_id_a: str, request_id_b: str
+) -> dict[str, Any] | None:
+    """Point the battle at its next turn's answers; None if it is no longer at ``turn``
+    or has been voted on meanwhile (another follow-up or a vote came first)."""
+    voted = exists().where(VOTES.c.battle_id == battle_id)
+    stmt = (
+        BATTLES.update()
+        .where(BATTLES.c.battle_id == battle_id, BATTLES.c.turns == turn, ~voted)
+        .values(turns=turn + 1, request_id_a=request_id_a, request_id_b=request_id_b)
+        .returning(*BATTLES.c)
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).mappings().first()
+    return dict(row) if row is not None else None
 
 
 def get_battle(engine: Engine, *, battle_id: str) -> dict[str, Any] | None:

@@ -133,6 +133,8 @@ class ArenaBattle(SQLModel, table=True):
     unit_id: str = Field(max_length=200)
     request_id_a: str = Field(max_length=64)
     request_id_b: str = Field(max_length=64)
+    #: Prompts so far; ``request_id_a``/``request_id_b`` are the latest turn's answers.
+    turns: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class UnitTotals(SQLModel, table=True):

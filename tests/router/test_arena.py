@@ -110,7 +110,8 @@ def test_battle_answers_blind_then_the_vote_reveals_and_is_counted(
         r = start(http, user="reviewer-1")
         assert r.status_code == 201, r.text
         body = r.json()
-        assert set(body) == {"battle_id", "route", "created_at", "a", "b"}
+        assert set(body) == {"battle_id", "route", "created_at", "turn", "a", "b"}
+        assert body["turn"] == 1
         assert set(body["a"]) == set(body["b"]) == {"content", "finish_reason", "error"}
         for giveaway in GIVEAWAYS:
             assert giveaway not in r.text
@@ -339,7 +340,7 @@ def test_stream_events_come_in_order_and_interleave(http: httpx.Client) -> None:
     events = sse(r.text)
     first, middle, last = events[0], events[1:-1], events[-1]
     assert first["type"] == "battle" and first["route"] == "slow"
-    assert set(first) == {"type", "battle_id", "route"}
+    assert set(first) == {"type", "battle_id", "route", "turn"}
     assert last == "[DONE]"
     text: dict[str, str] = {"a": "", "b": ""}
     ends: dict[str, int] = {}
@@ -480,3 +481,97 @@ def test_each_battle_is_stored_once_with_its_vote(http: httpx.Client, settings: 
         engine.dispose()
     assert battles == 3
     assert {v["battle_id"] for v in stored(settings, VOTES)} == set(ids)
+
+
+# -- follow-ups: a battle over several turns ------------------------------------------------
+
+FOLLOW_UP = "now say it once more"
+
+
+def follow_up(http: httpx.Client, battle_id: str, **body: Any) -> httpx.Response:
+    return http.post(f"/v1/arena/battles/{battle_id}/turns", json={"content": FOLLOW_UP, **body})
+
+
+def test_follow_up_continues_each_sides_own_conversation(
+    http: httpx.Client, settings: Settings
+) -> None:
+    first = battle(http, user="erin")
+    echo = champion_side(first)
+    other = "b" if echo == "a" else "a"
+    r = follow_up(http, first["battle_id"])
+    assert r.status_code == 200, r.text
+    second = r.json()
+    for giveaway in GIVEAWAYS:
+        assert giveaway not in r.text
+    assert (second["battle_id"], second["turn"]) == (first["battle_id"], 2)
+    # Each side is the same arm as before: the echoing champion repeats the follow-up.
+    assert (second[echo]["content"], second[other]["content"]) == (FOLLOW_UP, CANNED)
+    assert http.get(f"/v1/arena/battles/{first['battle_id']}").json()["turn"] == 2
+
+    reveal = vote(http, first["battle_id"], echo).json()
+    assert reveal["winner_arm"] == "champion"
+    # The vote is on the latest turn, whose rows hold each side's whole conversation.
+    for side, earlier in ((echo, PROMPT), (other, CANNED)):
+        row = http.get(f"/v1/requests/{reveal[side]['request_id']}").json()
+        assert row["prompt_messages"] == [
+            {"role": "user", "content": PROMPT},
+            {"role": "assistant", "content": earlier},  # its own answer, not the other's
+            {"role": "user", "content": FOLLOW_UP},
+        ]
+        assert (row["assignment_reason"], row["unit_id"]) == ("arena", "erin")
+    [stored_vote] = stored(settings, VOTES)
+    ids = {stored_vote["request_id_a"], stored_vote["request_id_b"]}
+    assert ids == {reveal["a"]["request_id"], reveal["b"]["request_id"]}
+    [row] = stored(settings, BATTLES)
+    assert row["turns"] == 2
+
+    after = follow_up(http, first["battle_id"])
+    assert after.status_code == 409
+    assert after.json()["error"]["code"] == "vote_exists"
+
+
+def test_follow_up_streams_like_a_battle(http: httpx.Client) -> None:
+    first = battle(http, "slow")
+    r = follow_up(http, first["battle_id"], stream=True)
+    assert r.status_code == 200, r.text
+    events = sse(r.text)
+    assert events[0] == {
+        "type": "battle",
+        "battle_id": first["battle_id"],
+        "route": "slow",
+        "turn": 2,
+    }
+    assert sorted(e["side"] for e in events[1:-1] if e["type"] == "done") == ["a", "b"]
+    assert events[-1] == "[DONE]"
+    third = follow_up(http, first["battle_id"])
+    assert (third.status_code, third.json()["turn"]) == (200, 3)
+
+
+def test_follow_up_refusals(http: httpx.Client) -> None:
+    flaky = battle(http, "flaky")
+    r = follow_up(http, flaky["battle_id"])
+    assert r.status_code == 409
+    error = r.json()["error"]
+    assert error["code"] == "side_failed"
+    assert "start a new one" in error["message"]
+    ok = battle(http)
+    for body, status in (({"content": ""}, 422), ({"messages": []}, 422), ({"stream": 1.5}, 422)):
+        got = http.post(f"/v1/arena/battles/{ok['battle_id']}/turns", json=body)
+        assert got.status_code == status, (body, got.text)
+    missing = follow_up(http, "battle-nope")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "battle_not_found")
+    # Nothing was refused on the way: the battle can still go on.
+    assert follow_up(http, ok["battle_id"]).status_code == 200
+
+
+def test_follow_up_needs_the_stored_conversation(
+    make_settings: Callable[..., Settings], run_router: Callable[..., Any]
+) -> None:
+    settings = make_settings(routes=arena_routes(), store_prompts=False)
+    with run_router(settings) as (server, _), httpx.Client(base_url=server.url) as http:
+        first = battle(http)
+        r = follow_up(http, first["battle_id"])
+    assert r.status_code == 409
+    error = r.json()["error"]
+    assert error["code"] == "history_not_stored"
+    assert "store_prompts" in error["message"]

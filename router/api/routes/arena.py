@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -9,7 +10,14 @@ from fastapi.responses import StreamingResponse
 
 from router.api.deps import EngineDep, MetricsDep, ServiceDep, WriterDep
 from router.arena import Arena
-from router.schemas import BattleIn, BattlePublic, BattleState, BattleVoteIn, BattleVotePublic
+from router.schemas import (
+    BattleIn,
+    BattlePublic,
+    BattleState,
+    BattleTurnIn,
+    BattleVoteIn,
+    BattleVotePublic,
+)
 
 router = APIRouter(tags=["arena"])
 
@@ -23,6 +31,15 @@ async def _arena(
 ArenaDep = Annotated[Arena, Depends(_arena)]
 
 
+def _sse(events: AsyncIterator[bytes], status_code: int) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        status_code=status_code,
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
+
+
 @router.post(
     "/v1/arena/battles",
     status_code=201,
@@ -32,14 +49,22 @@ ArenaDep = Annotated[Arena, Depends(_arena)]
 async def start_battle(body: BattleIn, arena: ArenaDep) -> BattlePublic | StreamingResponse:
     """Ask champion and challenger the same prompt; answers come back blind as a and b."""
     if body.stream:
-        events = await arena.stream(body)
-        return StreamingResponse(
-            events,
-            status_code=201,
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache"},
-        )
+        return _sse(await arena.stream(body), 201)
     return await arena.battle(body)
+
+
+@router.post(
+    "/v1/arena/battles/{battle_id}/turns",
+    response_model=BattlePublic,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "With stream: SSE."}},
+)
+async def follow_up(
+    battle_id: str, body: BattleTurnIn, arena: ArenaDep
+) -> BattlePublic | StreamingResponse:
+    """A follow-up: each side answers it in its own conversation, still blind."""
+    if body.stream:
+        return _sse(await arena.follow_up_stream(battle_id, body), 200)
+    return await arena.follow_up(battle_id, body)
 
 
 @router.get("/v1/arena/battles/{battle_id}")
