@@ -284,7 +284,22 @@ class RouterClient:
         body: dict[str, Any] = {"route": route, "messages": list(messages), "stream": True}
         if user:
             body["user"] = user
-        async for _, event in self._events("/v1/arena/battles", body):
+        async for event in self._arena_events("/v1/arena/battles", body, route):
+            yield event
+
+    async def follow_up_stream(
+        self, battle_id: str, content: str, *, route: str
+    ) -> AsyncIterator[ArenaEvent]:
+        """Stream a battle's next turn (``POST /v1/arena/battles/{id}/turns``): each side
+        answers ``content`` in its own conversation; the same events as a battle."""
+        body = {"content": content, "stream": True}
+        async for event in self._arena_events(f"/v1/arena/battles/{battle_id}/turns", body, route):
+            yield event
+
+    async def _arena_events(
+        self, path: str, body: dict[str, Any], route: str
+    ) -> AsyncIterator[ArenaEvent]:
+        async for _, event in self._events(path, body):
             kind, side = event.get("type"), event.get("side")
             if kind == "battle":
                 yield BattleStarted(battle_id=event["battle_id"], route=event.get("route", route))

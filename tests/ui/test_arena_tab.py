@@ -91,3 +91,32 @@ def test_new_round_hides_the_names_again() -> None:
     assert view.chat_a == {"__type__": "update", "value": [], "label": "Model A"}
     assert view.battle is None and view.prompt == ""
     assert arena.new_round(keep_prompt=True).prompt == {"__type__": "update"}
+
+
+async def test_sending_again_asks_both_sides_a_follow_up(client: RouterClient) -> None:
+    first = (await _played(client, "tell me about blue whales"))[-1]
+    views = [
+        view async for view in arena.play(client, "chat", "and orcas?", "unit-arena", first.battle)
+    ]
+    last = views[-1]
+    assert last.battle["battle_id"] == first.battle["battle_id"]  # the same battle goes on
+    assert last.vote_a["interactive"] is True
+    assert "follow-up" in last.status
+    for chat in (last.chat_a, last.chat_b):  # each side shows its whole conversation
+        assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant"]
+        assert [chat[0]["content"], chat[2]["content"]] == [
+            "tell me about blue whales",
+            "and orcas?",
+        ]
+    answers = {last.chat_a[-1]["content"], last.chat_b[-1]["content"]}
+    assert "and orcas?" in answers  # the echoing champion repeats the follow-up
+    state = await client.battle(first.battle["battle_id"])
+    assert state["turn"] == 2
+    for secret in ("champion", "challenger", "fake-champion", "fake-challenger"):
+        assert secret not in text_of(*views)
+
+    # Once voted on, sending starts a new battle.
+    voted = await arena.vote(client, last.battle, "a", "unit-arena")
+    fresh = [v async for v in arena.play(client, "chat", "hello", "unit-arena", voted.battle)]
+    assert fresh[-1].battle["battle_id"] != first.battle["battle_id"]
+    assert len(fresh[-1].chat_a) == 2

@@ -1,5 +1,5 @@
 """End to end in a real headless Chromium: the router's main job serves ``/ui``; a person
-plays an arena round, votes, sees the reveal, chats with thumbs, watches the dashboard
+plays an arena round with a follow-up, votes, sees the reveal, chats with thumbs, watches the dashboard
 and acts on an experiment. Screenshots of every tab land in ``artifacts/screenshots``.
 """
 
@@ -81,7 +81,7 @@ def test_a_person_uses_every_tab(page: Page, served: Running) -> None:
     server, app = served
     url = server.url
 
-    # -- Arena: a blind round, the vote, the reveal --------------------------------------
+    # -- Arena: a blind round, a follow-up, the vote, the reveal -------------------------
     _type(page, "#arena-prompt textarea", "What is the capital of France?")
     page.click("#arena-send")
     expect(page.locator("#vote-a")).to_be_enabled()
@@ -89,6 +89,12 @@ def test_a_person_uses_every_tab(page: Page, served: Running) -> None:
         answer = page.locator(f"#arena-{side}")
         expect(answer).to_contain_text("Paris")
         assert not re.search("champion|challenger|fake-", answer.inner_text())
+    # A follow-up: both sides answer again, each under its own conversation.
+    _type(page, "#arena-prompt textarea", "And what is it known for?")
+    page.click("#arena-send")
+    for side in ("a", "b"):
+        expect(page.locator(f"#arena-{side}")).to_contain_text("And what is it known for?")
+    expect(page.locator("#vote-a")).to_be_enabled()  # the click waits for it too
     page.click("#vote-b")
     reveal = page.locator(".cr-reveal")
     expect(reveal).to_contain_text("You voted: B is better")
@@ -105,7 +111,7 @@ def test_a_person_uses_every_tab(page: Page, served: Running) -> None:
     votes_card = page.locator(".cr-stat", has_text="Arena votes").locator(".cr-stat-value")
     expect(votes_card).to_have_text("1")
     requests_card = page.locator(".cr-stat", has_text="Requests").locator(".cr-stat-value")
-    expect(requests_card).to_have_text("2")
+    expect(requests_card).to_have_text("4")  # two turns, both sides
     expect(page.locator("#dash-votes")).to_contain_text("Challenger win rate")
     expect(page.locator("#dash-plot").get_by_role("img", name=re.compile("plot"))).to_be_visible()
     _shot(page, "dashboard")

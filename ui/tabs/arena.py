@@ -1,5 +1,8 @@
 """Arena tab: one prompt, two anonymous answers streamed side by side, a vote, the reveal.
 
+After the answers, sending again asks both sides a follow-up (each in its own
+conversation) until the vote; "New round" starts a fresh battle.
+
 The router shuffles the arms into sides ``a`` and ``b`` and says who was who only in the
 answer to the vote, so the page cannot leak it earlier: it never knows.
 """
@@ -37,9 +40,10 @@ VERDICT_TEXT = {
     "both_bad": "both are bad",
 }
 INTRO = (
-    "Two anonymous models answer the same prompt. Read both, vote for the better one, "
-    "and only then see which model was which."
+    "Two anonymous models answer the same prompt. Read both, ask follow-ups if you like, "
+    "vote for the better one, and only then see which model was which."
 )
+VOTE_OR_FOLLOW_UP = "Which answer is better? Vote to reveal the models, or ask both a follow-up."
 #: Stream updates are sent to the browser at most this often (s); the last always goes.
 REFRESH_S = 0.05
 
@@ -72,16 +76,34 @@ def _v(version: str | None) -> str | None:
     return f"v{version}" if version else None
 
 
-def _messages(prompt: str, side: dict[str, Any]) -> list[dict[str, str]]:
-    """One side's conversation for its chatbot: the prompt and the answer so far."""
-    messages = [{"role": "user", "content": prompt}]
-    text, error = side["text"], side["error"]
+def _messages(battle: dict[str, Any], side: str) -> list[dict[str, str]]:
+    """One side's conversation for its chatbot: earlier turns, the prompt, the answer so far."""
+    messages = []
+    for turn in battle.get("history", []):
+        messages += [
+            {"role": "user", "content": turn["prompt"]},
+            {"role": "assistant", "content": turn[side]},
+        ]
+    messages.append({"role": "user", "content": battle["prompt"]})
+    text, error = battle[side]["text"], battle[side]["error"]
     if error:
         failure = f"⚠ *This model could not answer: {error}*"
         text = f"{text}\n\n{failure}" if text else failure
     if text:
         messages.append({"role": "assistant", "content": text})
     return messages
+
+
+def _goes_on(battle: dict[str, Any] | None, route: str) -> bool:
+    """Whether sending now is a follow-up of ``battle``: it is on this route, not voted on,
+    and both sides answered its last turn."""
+    return bool(
+        battle
+        and battle.get("battle_id")
+        and not battle.get("voted")
+        and battle["route"] == route
+        and all(battle[side]["done"] and not battle[side]["error"] for side in SIDES)
+    )
 
 
 def _view(
@@ -95,7 +117,7 @@ def _view(
     if battle is None:
         chats: list[Any] = [[], []]
     else:
-        chats = [_messages(battle["prompt"], battle[side]) for side in SIDES]
+        chats = [_messages(battle, side) for side in SIDES]
     vote = gr.update(interactive=voting)
     return RoundView(
         chat_a=chats[0],
@@ -112,29 +134,38 @@ def _view(
 
 
 async def play(
-    client: RouterClient, route: str | None, prompt: str, unit: str | None
+    client: RouterClient,
+    route: str | None,
+    prompt: str,
+    unit: str | None,
+    current: dict[str, Any] | None = None,
 ) -> AsyncIterator[RoundView]:
-    """Start a battle on ``route`` and stream both answers; votes open when both end."""
+    """Stream both answers to ``prompt``: a follow-up of ``current`` when it can go on,
+    else a new battle on ``route``. Votes open when both sides end."""
     prompt = (prompt or "").strip()
     if not route:
         yield _view(None, notice("Pick a route first.", "warning"), voting=False, busy=False)
         return
     if not prompt:
-        yield _view(None, notice("Type a prompt first.", "warning"), voting=False, busy=False)
+        status = notice("Type a prompt first.", "warning")
+        yield _view(current, status, voting=_goes_on(current, route), busy=False)
         return
-    battle: dict[str, Any] = {
-        "battle_id": None,
-        "route": route,
-        "prompt": prompt,
-        "voted": False,
-        **{side: {"text": "", "error": None, "done": False} for side in SIDES},
-    }
+    fresh = {side: {"text": "", "error": None, "done": False} for side in SIDES}
+    if current is not None and _goes_on(current, route):
+        done = {"prompt": current["prompt"], **{side: current[side]["text"] for side in SIDES}}
+        battle = {**current, **fresh, "prompt": prompt, "history": [*current["history"], done]}
+        events = client.follow_up_stream(current["battle_id"], prompt, route=route)
+    else:
+        current = None
+        battle = {"battle_id": None, "route": route, "prompt": prompt, "voted": False}
+        battle.update(history=[], **fresh)
+        messages = [{"role": "user", "content": prompt}]
+        events = client.battle_stream(route, messages, user=unit)
     waiting = notice("Both models are answering…", "info")
     yield _view(battle, waiting, voting=False, busy=True, prompt="")
     last = time.monotonic()
     try:
-        messages = [{"role": "user", "content": prompt}]
-        async for event in client.battle_stream(route, messages, user=unit):
+        async for event in events:
             if isinstance(event, BattleStarted):
                 battle["battle_id"] = event.battle_id
                 continue
@@ -151,9 +182,12 @@ async def play(
                 last = time.monotonic()
                 yield _view(battle, waiting, voting=False, busy=True)
     except RouterError as exc:
-        # Nothing was stored if the battle never started; say why and let them retry.
-        status = notice(exc.message, "error", title="The battle could not run.")
-        yield _view(battle, status, voting=False, busy=False, prompt=prompt)
+        # Nothing was stored if the turn never started: say why, keep what was there.
+        title = "The follow-up could not run." if current else "The battle could not run."
+        status = notice(exc.message, "error", title=title)
+        yield _view(
+            current or battle, status, voting=current is not None, busy=False, prompt=prompt
+        )
         return
     if battle["battle_id"] is None:
         status = notice("The router ended the battle before it started.", "error")
@@ -161,8 +195,7 @@ async def play(
         return
     for side in SIDES:  # a stream cut short counts as finished: what came is what is shown
         battle[side]["done"] = True
-    status = notice("Which answer is better? Vote to reveal the models.", "info")
-    yield _view(battle, status, voting=True, busy=False)
+    yield _view(battle, notice(VOTE_OR_FOLLOW_UP, "info"), voting=True, busy=False)
 
 
 def reveal_html(result: dict[str, Any]) -> str:
@@ -265,15 +298,15 @@ def add_arena_tab(client: RouterClient, *, route: gr.Dropdown, unit: gr.BrowserS
     outputs = [*chats, battle, status, *votes.values(), send, prompt]
 
     async def on_play(
-        route_name: str | None, text: str, unit_id: str | None
+        route_name: str | None, text: str, unit_id: str | None, state: dict[str, Any] | None
     ) -> AsyncIterator[RoundView]:
-        async for view in play(client, route_name, text, unit_id):
+        async for view in play(client, route_name, text, unit_id, state):
             yield view
 
     gr.on(
         [send.click, prompt.submit],
         on_play,
-        inputs=[route, prompt, unit],
+        inputs=[route, prompt, unit, battle],
         outputs=outputs,
         api_visibility="private",
     )
