@@ -1,6 +1,6 @@
 """End to end in a real headless Chromium: the router's main job serves ``/ui``; a person
-plays an arena round with a follow-up, votes, sees the reveal, chats with thumbs, watches the dashboard
-and acts on an experiment. Screenshots of every tab land in ``artifacts/screenshots``.
+plays an arena round with a follow-up, votes, sees the reveal, chats with thumbs, watches
+the dashboard and acts on an experiment. Screenshots of every tab land in ``artifacts/screenshots``.
 """
 
 from __future__ import annotations
