@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -255,7 +255,7 @@ class Arena:
 
     async def _complete(
         self,
-        requests: tuple[ChatCompletionRequest, ...] | list[ChatCompletionRequest],
+        requests: Sequence[ChatCompletionRequest],
         arms: tuple[ArmName, ...],
         unit: str,
     ) -> tuple[list[str], list[BattleAnswer]]:
