@@ -6,7 +6,7 @@ import asyncio
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -24,8 +24,8 @@ WindowDep = Annotated[
 ]
 
 
-#: Builds under way, by (database, route, experiment, bucket_s, window_s). Whoever asks for the same
-#: dashboard meanwhile awaits that build instead of starting another: the UI fetches the
+#: Builds under way, by (database, route, experiment, bucket_s, window_s). Whoever asks for
+#: the same dashboard meanwhile awaits that build instead of starting another: the UI fetches the
 #: JSON and the CSV of one refresh together (one build, the same figures in both), and
 #: every open dashboard refreshes on its own timer. A build over a million rows takes
 #: seconds of a core's time; nothing is kept once it is done.
@@ -37,9 +37,10 @@ async def _dashboard(
     routes: RoutesDep,
     engine: EngineDep,
     writer: WriterDep,
-    bucket_s: int,
-    window_s: int,
+    bucket_s: BucketDep = 60,
+    window_s: WindowDep = 3600,
 ) -> Dashboard:
+    """The route's dashboard: the dependency both the JSON and the CSV endpoint answer from."""
     r = routes.get(route)  # 404 for an unknown route
     await writer.flush()  # count every request this router has answered (at most one batch)
     key = (id(engine), r.name, r.experiment_id, bucket_s, window_s)
@@ -56,17 +57,13 @@ async def _dashboard(
     return await asyncio.shield(build)
 
 
+BoardDep = Annotated[Dashboard, Depends(_dashboard)]
+
+
 @router.get("/v1/routes/{route}/dashboard")
-async def get_dashboard(
-    route: str,
-    routes: RoutesDep,
-    engine: EngineDep,
-    writer: WriterDep,
-    bucket_s: BucketDep = 60,
-    window_s: WindowDep = 3600,
-) -> Dashboard:
+async def get_dashboard(board: BoardDep) -> Dashboard:
     """Requests, errors, latency, TTFT, tokens/s, thumbs and votes per arm, and a timeline."""
-    return await _dashboard(route, routes, engine, writer, bucket_s, window_s)
+    return board
 
 
 @router.get(
@@ -74,16 +71,8 @@ async def get_dashboard(
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}, "description": "Per-arm summary, timeline."}},
 )
-async def get_dashboard_csv(
-    route: str,
-    routes: RoutesDep,
-    engine: EngineDep,
-    writer: WriterDep,
-    bucket_s: BucketDep = 60,
-    window_s: WindowDep = 3600,
-) -> Response:
+async def get_dashboard_csv(board: BoardDep) -> Response:
     """The dashboard as CSV: one row per arm (section 'arm'), then the timeline."""
-    board = await _dashboard(route, routes, engine, writer, bucket_s, window_s)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", board.route)
     stamp = board.generated_at.strftime("%Y%m%dT%H%M%SZ")
     return Response(
