@@ -55,7 +55,6 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
             queue_size=settings.log_queue_size,
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
-            max_retries=settings.log_max_retries,
         )
         source = arm_source or default_arm_source(settings)
         routes = RouteTable(

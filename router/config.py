@@ -86,7 +86,47 @@ class Settings(BaseSettings):
     log_queue_size: int = Field(default=10_000, ge=1)
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_interval_s: float = Field(default=0.25, gt=0)
-    log_max_retries: int = Field(default=5, ge=0)
+    log_journal_max_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description="Room for rows the database has not taken yet (the local journal); "
+        "past it, rows can no longer be recorded and readiness answers 503.",
+    )
+    max_json_depth: int = Field(
+        default=32, ge=4, description="Request bodies nested deeper get 400 invalid_json."
+    )
+
+    # Serving: connection hygiene and graceful shutdown (router.server).
+    keepalive_timeout_s: float = Field(
+        default=75.0,
+        gt=0,
+        description="Idle keep-alive connections stay open this long: longer than client "
+        "pools keep them (httpx/openai 5 s, aiohttp 15 s, Node 4-5 s) and than load "
+        "balancers' idle timeouts (AWS ALB 60 s), so the client always closes first.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this (408)."
+    )
+    max_connections: int = Field(
+        default=2048, ge=1, description="Concurrent connections; past it, 503 at once."
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        ge=0,
+        description="On SIGTERM, open streams may finish for this long; then each ends "
+        "with an SSE error event and its row is logged with status 'shutdown'.",
+    )
+
+    # Health: how readiness learns about engines and the registry.
+    engine_check_interval_s: float = Field(
+        default=10.0, gt=0, description="How often each champion's engine is checked."
+    )
+    registry_timeout_s: float = Field(
+        default=5.0, gt=0, description="One registry read; slower counts as a failed read."
+    )
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

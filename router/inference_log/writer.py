@@ -20,9 +20,10 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import Engine
@@ -33,6 +34,19 @@ from router.metrics import Metrics
 
 log = logging.getLogger(__name__)
 TABLE = InferenceRecord.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class LogHealth:
+    """Can the router still record requests? Readiness reports it.
+
+    ``ok``: rows reach the database. ``degraded``: they do not right now (database
+    unreachable, rows dead-lettered) but every request is still recorded locally.
+    ``down``: requests can no longer be recorded (the local journal is full).
+    """
+
+    status: Literal["ok", "degraded", "down"]
+    reason: str | None = None
 
 
 class LogWriter:
@@ -81,6 +95,10 @@ class LogWriter:
 
     def is_pending(self, request_id: str) -> bool:
         return request_id in self._pending
+
+    def health(self) -> LogHealth:
+        """Whether requests are being recorded, and where to."""
+        return LogHealth("ok")
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
