@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from router.inference_log.db import insert
 from router.inference_log.models import InferenceRecord
 from router.metrics import Metrics
+from router.storable import escape
 
 log = logging.getLogger(__name__)
 TABLE = InferenceRecord.__table__  # type: ignore[attr-defined]
@@ -83,6 +84,7 @@ class LogWriter:
     # -- request path ---------------------------------------------------------------
     def submit(self, row: dict[str, Any]) -> None:
         """Queue one row; never blocks. A full buffer spills the row to disk."""
+        row = escape(row)  # nothing a client sent may fail a batch (router.storable)
         if len(self._buffer) >= self._queue_size or (self._closing and self._task is None):
             self._spill([row])
             return
