@@ -12,8 +12,9 @@
     │   │   └── RouteNotFound       404 model_not_found
     │   ├── Conflict                409
     │   └── PayloadTooLarge         413
-    └── BackendError                502: the model behind an arm failed
-        └── BackendTimeout          504: ... or did not answer in time
+    ├── BackendError                502: the model behind an arm failed
+    │   └── BackendTimeout          504: ... or did not answer in time
+    └── ServerShuttingDown          503: cut at the end of the shutdown grace period
 
 The body of every error response has OpenAI's shape
 ``{"error": {"message": ..., "type": ..., "code": ...}}``.
@@ -119,3 +120,11 @@ class BackendTimeout(BackendError):
     status_code = 504
     type = "timeout"
     code = "timeout"
+
+
+class ServerShuttingDown(CanaryError):
+    """The router is stopping and the request was still running when its grace ran out."""
+
+    status_code = 503
+    type = "server_error"
+    code = "server_shutting_down"

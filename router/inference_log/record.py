@@ -13,13 +13,14 @@ import orjson
 from router.errors import CanaryError
 
 #: Row ``status`` values.
-OK, ERROR, TIMEOUT, FALLBACK, DISCONNECTED, REJECTED = (
+OK, ERROR, TIMEOUT, FALLBACK, DISCONNECTED, REJECTED, SHUTDOWN = (
     "ok",
     "error",
     "timeout",
     "fallback",
     "client_disconnected",
     "rejected",
+    "shutdown",  # cut at the end of the shutdown grace period
 )
 
 

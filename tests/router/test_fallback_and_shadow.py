@@ -30,6 +30,7 @@ def test_failing_challenger_falls_back(
             assert r.headers["x-canary-model-version"] == "1"
             row = _logged(server.url, r.headers["x-request-id"])
             assert row["status"] == "fallback"
+            assert row["http_status"] == 200  # what the client got; the error is on the row
             assert (row["arm"], row["model_version"]) == ("challenger", "2")
             assert (row["served_arm"], row["served_model_version"]) == ("champion", "1")
             assert "failed" in row["error_message"]
