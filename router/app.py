@@ -111,6 +111,14 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
     return app
 
 
+async def drain(app: FastAPI, grace_s: float) -> None:
+    """Shutdown's first step (``router.server``): requests in flight get ``grace_s`` to
+    finish, then the rest are ended and logged as ``shutdown``."""
+    service: ChatService | None = getattr(app.state, "service", None)
+    if service is not None:  # None: the lifespan never started
+        await service.drain(grace_s)
+
+
 def _mount_ui(app: FastAPI, settings: Settings) -> None:
     """The Gradio UI at ``/ui``; it calls this router over HTTP like any other client."""
     from ui.client import RouterClient  # gradio loads only when the UI is served

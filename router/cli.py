@@ -15,12 +15,11 @@ from ui.cli import add_ui_command
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from router.app import create_app, default_arm_source
     from router.config import Settings
     from router.logs import configure_logging
     from router.registry_source import RegistryArmSource
+    from router.server import serve
 
     if args.config:
         os.environ["CANARY_CONFIG"] = args.config  # read by Settings as its YAML layer
@@ -38,14 +37,7 @@ def _serve(args: argparse.Namespace) -> None:
         # First run on an empty registry: the bundled SmolLM2 (champion) and Gemma
         # (challenger) become route "chat", with a progress bar.
         register_bundled(source.registry, settings.data_dir / "models")
-    uvicorn.run(
-        create_app(settings, arm_source=source),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,  # every request is in the inference log already
-        timeout_graceful_shutdown=30,
-    )
+    serve(create_app(settings, arm_source=source), settings, host=host, port=port)
 
 
 def build_parser() -> argparse.ArgumentParser:

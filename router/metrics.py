@@ -74,6 +74,13 @@ class Metrics:
             ("route",),
             registry=r,
         )
+        self.connections_closed = Counter(
+            "canary_connections_closed",
+            "Connections the router closed itself, by reason (header_timeout: the request's "
+            "headers did not arrive within header_timeout_s).",
+            ("reason",),
+            registry=r,
+        )
         self.log_queue_depth = Gauge(
             "canary_log_queue_depth", "Inference rows waiting to be written.", registry=r
         )
