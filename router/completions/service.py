@@ -68,6 +68,11 @@ class ChatService:
             timeout_s=settings.request_timeout_s,
         )
 
+    @property
+    def draining(self) -> bool:
+        """Shutdown has begun (readiness can answer 503 so balancers stop sending)."""
+        return self._drain.draining
+
     async def drain(self, grace_s: float) -> None:
         """Shutdown: let requests in flight finish for up to ``grace_s``, then end the rest.
 

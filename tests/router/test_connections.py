@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from router.header_timeout import HeaderDeadline, protocol_class
 from tests.router.canary_process import CanaryProcess, canary_serve
+from tests.servers import serve
 
 CONFIG: dict[str, Any] = {
     "routes": {"chat": {"champion": {"backend": "fake", "name": "m", "version": "1"}}},
@@ -98,7 +100,7 @@ def test_an_idle_keep_alive_connection_outlives_client_pools(tmp_path: Path) -> 
         assert ports[0] == ports[1]  # the same connection carried both
 
 
-async def _load(url: str, bursts: int, per_burst: int, concurrency: int) -> list[str]:
+async def _load(url: str, *, bursts: int, per_burst: int, concurrency: int) -> list[str]:
     """Bursts of requests at ``concurrency`` through one default httpx pool, with pauses
     as long as the pool's keep-alive between them; the failures."""
     failures: list[str] = []
@@ -121,11 +123,29 @@ async def _load(url: str, bursts: int, per_burst: int, concurrency: int) -> list
     return failures
 
 
-@pytest.mark.parametrize("requests", [3000])
-def test_a_busy_client_pool_sees_no_connection_errors(tmp_path: Path, requests: int) -> None:
+def test_a_busy_client_pool_sees_no_connection_errors(tmp_path: Path) -> None:
     with canary_serve(tmp_path, CONFIG, env={"CANARY_LOG_LEVEL": "WARNING"}) as server:
-        failures = asyncio.run(_load(server.url, 3, requests // 3, 32))
+        failures = asyncio.run(_load(server.url, bursts=3, per_burst=1000, concurrency=32))
         assert failures == []
         code, _ = server.terminate(60)
         assert code == 0
-        assert len(server.rows()) == requests
+        assert len(server.rows()) == 3000
+
+
+async def _tiny_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_both_protocols_keep_the_header_deadline(http: str) -> None:
+    closed: list[int] = []
+    deadline = HeaderDeadline(0.5, lambda: closed.append(1))
+    with serve(_tiny_app, http=protocol_class(deadline, http=http), lifespan="off") as server:
+        assert httpx.get(server.url).text == "ok"
+        elapsed, answer = asyncio.run(_loris(server.port, drip=True))
+    assert 0.4 <= elapsed < 10
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert closed == [1]

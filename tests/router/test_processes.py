@@ -85,8 +85,8 @@ def test_same_unit_same_arm_in_every_process_and_sigterm_flushes(
 
     for proc, _, data in replicas:
         proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal it caught.
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        # A complete graceful shutdown exits 0 (router.server), not "killed by SIGTERM".
+        assert proc.wait(timeout=30) == 0
         assert b"inference log flushed" in (proc.stderr.read() if proc.stderr else b"")
         engine = create_engine(f"sqlite:///{data / 'canary.db'}")
         with engine.connect() as conn:
