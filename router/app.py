@@ -51,10 +51,11 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         writer = LogWriter(
             engine,
             metrics=metrics,
-            spill_dir=settings.data_dir / "spill",
+            journal_dir=settings.data_dir / "journal",
             queue_size=settings.log_queue_size,
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
+            journal_max_bytes=settings.log_journal_max_bytes,
         )
         source = arm_source or default_arm_source(settings)
         routes = RouteTable(

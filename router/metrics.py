@@ -81,10 +81,38 @@ class Metrics:
             "canary_log_rows_written", "Inference rows committed.", registry=r
         )
         self.log_rows_spilled = Counter(
-            "canary_log_rows_spilled", "Rows written to the local spill file instead.", registry=r
+            "canary_log_rows_spilled",
+            "Rows the database did not take in order (down, or memory full), kept in the "
+            "local journal and replayed.",
+            registry=r,
         )
         self.log_write_failures = Counter(
-            "canary_log_write_failures", "Failed batch writes (each is retried).", registry=r
+            "canary_log_write_failures",
+            "Failed batch writes (the batch is split, or replayed after an outage).",
+            registry=r,
+        )
+        self.log_rows_replayed = Counter(
+            "canary_log_rows_replayed",
+            "Rows written from the local journal after an outage, an overflow or a crash.",
+            registry=r,
+        )
+        self.log_rows_dead_lettered = Counter(
+            "canary_log_rows_dead_lettered",
+            "Rows the database refused, kept in the journal's dead-letter file.",
+            registry=r,
+        )
+        self.log_rows_dropped = Counter(
+            "canary_log_rows_dropped",
+            "Rows that could not be recorded at all (journal full, database down).",
+            registry=r,
+        )
+        self.log_writer_errors = Counter(
+            "canary_log_writer_errors", "Unexpected errors the writer survived.", registry=r
+        )
+        self.log_journal_bytes = Gauge(
+            "canary_log_journal_bytes",
+            "Bytes in the local journal: rows not yet known to be in the database.",
+            registry=r,
         )
         self.evaluation_duration = Histogram(
             "canary_evaluation_duration_seconds",
