@@ -1,0 +1,69 @@
+"""``canary serve`` as a real process (YAML config, its own data dir), for fault tests and
+the fault benchmark: killed, restarted and read back like a deployment would be."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import create_engine, text
+
+from tests.servers import free_port, wait_ready
+
+
+class CanaryProcess:
+    """One router process; ``start`` again after ``kill`` reuses the port and data dir."""
+
+    def __init__(self, config: dict[str, Any], data: Path, **env: str) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._config = data.parent / f"{data.name}.yaml"
+        self._config.write_text(yaml.safe_dump(config))
+        self._env = {**os.environ, "CANARY_DATA_DIR": str(data), "CANARY_LOG_FORMAT": "text"}
+        self._env.update(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = data.parent / f"{data.name}.log"
+
+    def start(self, timeout: float = 90) -> CanaryProcess:
+        command = [sys.executable, "-m", "router.cli", "serve", "--port", str(self.port)]
+        with self._log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*command, "--config", str(self._config)],
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_ready(self.url, timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no drain."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait: the graceful path."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def log(self) -> str:
+        return self._log.read_text(errors="replace")
+
+    def rows(self, database_url: str | None = None) -> set[str]:
+        """Request ids in the inference table (the SQLite file unless given a URL)."""
+        engine = create_engine(database_url or f"sqlite:///{self.data / 'canary.db'}")
+        try:
+            with engine.connect() as conn:
+                return set(conn.execute(text("SELECT request_id FROM inference_log")).scalars())
+        finally:
+            engine.dispose()
