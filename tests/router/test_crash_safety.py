@@ -31,7 +31,11 @@ def load(url: str, answered: list[str], stop: threading.Event) -> None:
         i = 0
         while not stop.is_set():
             i += 1
-            body = {"model": "chat", "user": f"u{i % 50}", "messages": [{"role": "user", "content": "hi"}]}
+            body = {
+                "model": "chat",
+                "user": f"u{i % 50}",
+                "messages": [{"role": "user", "content": "hi"}],
+            }
             try:
                 r = client.post("/v1/chat/completions", json=body)
             except httpx.HTTPError:
