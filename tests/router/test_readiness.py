@@ -329,6 +329,7 @@ def test_a_database_that_never_answers_is_degraded_in_bounded_time_without_pilin
         )
         proxy.set_mode("forward")
         poll(lambda: httpx.get(ready), lambda r: r.json()["status"] == "ready", timeout=30)
+    print(FIGURES)
 
 
 def test_ready_is_503_only_while_requests_cannot_be_recorded(
