@@ -17,11 +17,13 @@ from router.api.body_limit import BodyLimit
 from router.api.routes import arena, chat, dashboard, experiments, feedback, health, models, votes
 from router.completions import ChatService
 from router.config import Settings
+from router.engine_checks import EngineChecker
 from router.evaluation.evaluator import Evaluator
 from router.evaluation.webhook import Webhook
 from router.inference_log.db import create_db_engine, migrate
 from router.inference_log.writer import LogWriter
 from router.metrics import Metrics
+from router.readiness import DatabaseProbe, Readiness
 from router.registry_source import RegistryArmSource
 from router.routes_table import ArmSource, RouteTable, StaticArmSource
 
@@ -35,7 +37,9 @@ def default_arm_source(settings: Settings) -> ArmSource:
     from registry.store import Registry
 
     return RegistryArmSource(
-        Registry.from_env(settings.data_dir), challenger_weight=settings.challenger_weight
+        Registry.from_env(settings.data_dir),
+        challenger_weight=settings.challenger_weight,
+        timeout_s=settings.registry_timeout_s,
     )
 
 
@@ -65,7 +69,15 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         await routes.start()
         watcher = None
         if not isinstance(source, StaticArmSource):
-            watcher = asyncio.create_task(routes.watch(settings.registry_poll_s))
+            metrics.registry_up.set(1)  # start() just read it
+            watcher = asyncio.create_task(
+                routes.watch(settings.registry_poll_s, up=metrics.registry_up)
+            )
+        engines = EngineChecker(
+            routes, metrics=metrics, interval_s=settings.engine_check_interval_s
+        )
+        checking = asyncio.create_task(engines.run())
+        database = DatabaseProbe(engine)
         for route in routes:
             for arm, weight in route.weights.items():
                 metrics.traffic_weight.labels(route.name, arm).set(weight)
@@ -80,12 +92,17 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
         app.state.writer, app.state.routes, app.state.service = writer, routes, service
         app.state.evaluator = evaluator
+        app.state.readiness = Readiness(
+            routes=routes, writer=writer, database=database, engines=engines
+        )
         log.info("router ready", extra={"routes": [r.name for r in routes]})
         try:
             yield
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
             evaluating.cancel()
+            checking.cancel()
+            await database.aclose()
             await evaluator.aclose()  # reports being logged to MLflow
             if webhook is not None:
                 await webhook.aclose()

@@ -114,6 +114,17 @@ class Metrics:
             "Bytes in the local journal: rows not yet known to be in the database.",
             registry=r,
         )
+        self.engine_up = Gauge(
+            "canary_engine_up",
+            "1 when the arm's engine passed its last health check, 0 when it failed.",
+            ("route", "arm"),
+            registry=r,
+        )
+        self.registry_up = Gauge(
+            "canary_registry_up",
+            "1 when the last read of the model registry succeeded, 0 when it failed.",
+            registry=r,
+        )
         self.evaluation_duration = Histogram(
             "canary_evaluation_duration_seconds",
             "One evaluation of an experiment: SQL aggregates, statistics, the decision stored.",
