@@ -1,7 +1,8 @@
 """A loopback TCP proxy that a test pauses to make a database outage without touching the
 database: ``pause()`` resets every open connection and resets new ones at once (what a
-client sees when the server or the network goes away), ``resume()`` lets them through
-again. Threads, not asyncio, so it runs beside anything."""
+client sees when the server or the network goes away); ``blackhole()`` accepts new
+connections and never answers (a hung server, a partition that keeps the handshake);
+``resume()`` lets them through again. Threads, not asyncio, so it runs beside anything."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import struct
 import threading
 from types import TracebackType
+from typing import Literal
 
 
 def _reset(sock: socket.socket) -> None:
@@ -31,7 +33,7 @@ class TcpProxy:
         self._target = (host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
-        self._paused = False
+        self._mode: Literal["forward", "refuse", "blackhole"] = "forward"
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -47,15 +49,21 @@ class TcpProxy:
 
     def pause(self) -> None:
         """The database is gone: cut every connection, refuse new ones."""
-        with self._lock:
-            self._paused = True
-            sockets, self._open = self._open, set()
-        for sock in sockets:
-            _reset(sock)
+        self._switch("refuse")
+
+    def blackhole(self) -> None:
+        """The database hangs: cut every connection, accept new ones and never answer."""
+        self._switch("blackhole")
 
     def resume(self) -> None:
+        self._switch("forward", cut=False)
+
+    def _switch(self, mode: Literal["forward", "refuse", "blackhole"], cut: bool = True) -> None:
         with self._lock:
-            self._paused = False
+            self._mode = mode
+            sockets, self._open = (self._open, set()) if cut else (set(), self._open)
+        for sock in sockets:
+            _reset(sock)
 
     def close(self) -> None:
         self._closed = True
@@ -77,9 +85,12 @@ class TcpProxy:
             except OSError:
                 return
             with self._lock:
-                paused = self._paused
-            if paused:
+                mode = self._mode
+                if mode == "blackhole":
+                    self._open.add(client)
+            if mode == "refuse":
                 _reset(client)
+            if mode != "forward":
                 continue
             try:
                 upstream = socket.create_connection(self._target, timeout=5)

@@ -8,13 +8,12 @@ proxy that can refuse or swallow connections, the real inference-log writer.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +26,7 @@ from router.backends.fake_server import create_fake_openai_app
 from router.config import RouteConfig, Settings
 from router.registry_source import RegistryArmSource
 from tests.servers import ServerThread, free_port, mlflow_server, serve
+from tests.tcp_proxy import TcpProxy
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "which version?"}]}
 #: Measured figures, printed at the end of each test (run with -s to see them).
@@ -58,89 +58,11 @@ def gauge(url: str, name: str, **labels: str) -> float | None:
     return None
 
 
-class TcpProxy:
-    """A loopback TCP proxy whose upstream can be made to refuse or to swallow connections.
-
-    ``forward``: bytes pass both ways. ``refuse``: connections are accepted and closed at
-    once. ``blackhole``: accepted and never answered (a server hung, a network partition
-    that keeps the handshake). Switching mode cuts every open connection.
-    """
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.mode: Literal["forward", "refuse", "blackhole"] = "forward"
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def set_mode(self, mode: Literal["forward", "refuse", "blackhole"]) -> None:
-        with self._lock:
-            self.mode = mode
-            sockets, self._open = self._open, []
-        for s in sockets:
-            _close(s)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-        self.set_mode("refuse")
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with self._lock:
-                mode = self.mode
-                if mode == "refuse":
-                    _close(client)
-                    continue
-                self._open.append(client)
-            if mode == "forward":
-                try:
-                    upstream = socket.create_connection(self.upstream, timeout=5)
-                except OSError:
-                    _close(client)
-                    continue
-                upstream.settimeout(None)
-                with self._lock:
-                    self._open.append(upstream)
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=_pump, args=(a, b), daemon=True).start()
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _close(src)
-        _close(dst)
-
-
-def _close(s: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RDWR)
-    s.close()
-
-
 @pytest.fixture
 def proxied_postgres(fresh_postgres_url: str) -> Iterator[tuple[str, TcpProxy]]:
     """A database of this test's own on the real Postgres, reached through a ``TcpProxy``."""
-    proxy = TcpProxy(("127.0.0.1", 5432))
-    try:
-        yield fresh_postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), proxy
-    finally:
-        proxy.close()
+    with TcpProxy(5432) as proxy:
+        yield proxy.url_for(fresh_postgres_url), proxy
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -307,7 +229,7 @@ def test_a_database_that_never_answers_is_degraded_in_bounded_time_without_pilin
         ready = f"{server.url}/health/ready"
         poll(lambda: httpx.get(ready), lambda r: r.json()["status"] == "ready", timeout=15)
         threads = threading.active_count()
-        proxy.set_mode("blackhole")
+        proxy.blackhole()
         # A cached "ok" may answer for up to a second; then a ping that waits 3 s at most.
         r, took = poll(
             lambda: httpx.get(ready, timeout=30),
@@ -327,7 +249,7 @@ def test_a_database_that_never_answers_is_degraded_in_bounded_time_without_pilin
             httpx.post(f"{server.url}/v1/chat/completions", json=BODY, timeout=30).status_code
             == 200
         )
-        proxy.set_mode("forward")
+        proxy.resume()
         poll(lambda: httpx.get(ready), lambda r: r.json()["status"] == "ready", timeout=30)
     print(FIGURES)
 
@@ -341,7 +263,7 @@ def test_ready_is_503_only_while_requests_cannot_be_recorded(
     settings = make_settings(database_url=url, log_journal_max_bytes=1 << 20)
     with run_router(settings) as (server, app), httpx.Client(base_url=server.url, timeout=30) as c:
         poll(lambda: c.get("/health/ready"), lambda r: r.json()["status"] == "ready", timeout=15)
-        proxy.set_mode("refuse")
+        proxy.pause()
         # The writer learns of the outage from its next write: degraded, still 200.
         assert c.post("/v1/chat/completions", json=BODY).status_code == 200
         r, _ = poll(
@@ -364,5 +286,5 @@ def test_ready_is_503_only_while_requests_cannot_be_recorded(
         assert r.json()["status"] == "not_ready"
         assert r.json()["checks"]["log"].startswith("down: requests cannot be recorded")
         # The database answers again: the journal drains and the router is ready.
-        proxy.set_mode("forward")
+        proxy.resume()
         poll(lambda: c.get("/health/ready"), lambda r: r.json()["status"] == "ready", timeout=60)
