@@ -9,6 +9,7 @@ client got. Pure ASGI: on the hot path it only reads one flag per response.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -18,6 +19,8 @@ from router.inference_log.record import DISCONNECTED
 
 CHAT_PATH = "/v1/chat/completions"
 _REJECTED = "rejected"
+#: ``"model": "..."`` in a body too broken (or too short) to parse.
+_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){0,200})"')
 
 
 class ChatRows:
@@ -88,6 +91,18 @@ def _route_of(body: bytes) -> str:
     try:
         value = json.loads(body.decode("utf-8", "replace"))
     except (ValueError, RecursionError):
-        return ""
+        return _model_in_fragment(body)
     model = value.get("model") if isinstance(value, dict) else None
     return model[:200] if isinstance(model, str) else ""
+
+
+def _model_in_fragment(body: bytes) -> str:
+    """Best effort for a half-sent or malformed body: the first ``"model"`` string."""
+    match = _MODEL.search(body)
+    if match is None:
+        return ""
+    try:
+        model = json.loads(b'"' + match.group(1) + b'"')
+    except ValueError:
+        return ""
+    return str(model)
