@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.bundled import resolve_gguf
 from router.api import errors
-from router.api.body_limit import BodyLimit
+from router.api.body_guard import BodyGuard
+from router.api.chat_rows import ChatRows
 from router.api.routes import arena, chat, dashboard, experiments, feedback, health, models, votes
 from router.completions import ChatService
 from router.config import Settings
@@ -125,7 +126,10 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         app.include_router(module.router)
     if settings.ui_enabled:
         _mount_ui(app, settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(ChatRows)  # outermost of ours: it sees every chat response
     return app
 
 

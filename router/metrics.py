@@ -1,12 +1,33 @@
-"""Prometheus metrics, in a registry of their own per app (no process-wide globals)."""
+"""Prometheus metrics, in a registry of their own per app (no process-wide globals).
+
+Label values are bounded: routes this router serves (else ``unknown``), the fixed arm
+names, versions from the registry, and fixed enums. Never a client-chosen string: every
+distinct value is a series kept forever.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Seconds; a local 135M model takes ~0.01-0.1 s to the first token and seconds to finish.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ARM = ("route", "arm", "version")
+UNKNOWN = "unknown"
+_ARMS = frozenset({"champion", "challenger", "shadow"})
+
+
+def route_label(route: str, known: Container[str]) -> str:
+    """``route`` if this router serves it, else ``unknown`` (clients choose ``model``)."""
+    return route if route in known else UNKNOWN
+
+
+def arm_label(arm: str | None) -> str:
+    """An arm name, ``none`` for a request refused before it had one."""
+    if arm is None:
+        return "none"
+    return arm if arm in _ARMS else UNKNOWN
 
 
 class Metrics:
