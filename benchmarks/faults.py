@@ -23,16 +23,13 @@ shorter outage). Needs the Postgres server at 127.0.0.1:5432 (database ``test``)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests' proces
 from serving import ServerProcess
 
 from router.backends.fake_server import create_fake_openai_app
-from tests.canary_process import CanaryProcess
+from tests.canary_process import CanaryProcess, Load
 from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -57,61 +54,6 @@ FAKE_ROUTES = {
 }
 JSON = {"content-type": "application/json"}
 BASE = {"routes": FAKE_ROUTES, "ui_enabled": False, "log_flush_interval_s": 0.25}
-
-
-@dataclass
-class Load:
-    """Client threads sending chat requests until stopped; what each got back."""
-
-    url: str
-    threads: int = 4
-    body: Callable[[int], dict[str, Any]] = field(
-        default=lambda i: {
-            "model": "chat",
-            "user": f"u{i % 500}",
-            "messages": [{"role": "user", "content": f"hello {i}"}],
-        }
-    )
-    sent: int = 0
-    statuses: Counter[int | str] = field(default_factory=Counter)
-    answered: set[str] = field(default_factory=set)  # request ids of responses received
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _run(self, offset: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            i = offset
-            while not self._stop.is_set():
-                i += self.threads
-                with self._lock:
-                    self.sent += 1
-                try:
-                    # json.dumps escapes lone surrogates as \udXXX, as hostile clients send them
-                    body = json.dumps(self.body(i)).encode()
-                    r = client.post("/v1/chat/completions", content=body, headers=JSON)
-                except httpx.HTTPError:
-                    with self._lock:
-                        self.statuses["no answer"] += 1
-                    continue
-                with self._lock:
-                    self.statuses[r.status_code] += 1
-                    if rid := r.headers.get("x-request-id"):
-                        self.answered.add(rid)
-                time.sleep(0.002)
-
-    @contextmanager
-    def running(self) -> Iterator[Load]:
-        workers = [
-            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)
-        ]
-        for w in workers:
-            w.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            for w in workers:
-                w.join()
 
 
 @contextmanager

@@ -1,19 +1,30 @@
-"""``canary serve`` as a real process (YAML config, its own data dir), for fault tests and
-the fault benchmark: killed, restarted and read back like a deployment would be."""
+"""``canary serve`` as a real process (YAML config, its own data dir), and a steady load of
+chat requests against it, for fault tests and the fault benchmark: killed, restarted
+and read back like a deployment would be."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from sqlalchemy import create_engine, text
 
 from tests.servers import free_port, wait_ready
+
+JSON = {"content-type": "application/json"}
 
 
 class CanaryProcess:
@@ -67,3 +78,58 @@ class CanaryProcess:
                 return set(conn.execute(text("SELECT request_id FROM inference_log")).scalars())
         finally:
             engine.dispose()
+
+
+@dataclass
+class Load:
+    """Client threads sending chat requests until stopped; what each got back."""
+
+    url: str
+    threads: int = 4
+    body: Callable[[int], dict[str, Any]] = field(
+        default=lambda i: {
+            "model": "chat",
+            "user": f"u{i % 500}",
+            "messages": [{"role": "user", "content": f"hello {i}"}],
+        }
+    )
+    sent: int = 0
+    statuses: Counter[int | str] = field(default_factory=Counter)
+    answered: set[str] = field(default_factory=set)  # request ids of responses received
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _run(self, offset: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            i = offset
+            while not self._stop.is_set():
+                i += self.threads
+                with self._lock:
+                    self.sent += 1
+                try:
+                    # json.dumps escapes lone surrogates as \udXXX, as hostile clients send them
+                    body = json.dumps(self.body(i)).encode()
+                    r = client.post("/v1/chat/completions", content=body, headers=JSON)
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.statuses["no answer"] += 1
+                    continue
+                with self._lock:
+                    self.statuses[r.status_code] += 1
+                    if rid := r.headers.get("x-request-id"):
+                        self.answered.add(rid)
+                time.sleep(0.002)
+
+    @contextmanager
+    def running(self) -> Iterator[Load]:
+        workers = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)
+        ]
+        for w in workers:
+            w.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for w in workers:
+                w.join()

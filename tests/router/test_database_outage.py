@@ -6,7 +6,6 @@ running; meanwhile the endpoints that need the database answer 503
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from router.config import Settings
-from tests.canary_process import CanaryProcess
+from tests.canary_process import CanaryProcess, Load
 from tests.router.test_crash_safety import CONFIG
 from tests.tcp_proxy import TcpProxy
 
@@ -87,21 +86,6 @@ def test_database_outage_is_503_then_recovers(
         assert http.get(f"/v1/requests/{a}").json()["feedback"][0]["value"] == "up"
 
 
-def load(url: str, results: list[tuple[int, str]], stop: threading.Event) -> None:
-    with httpx.Client(base_url=url, timeout=30) as client:
-        i = 0
-        while not stop.is_set():
-            i += 1
-            body = {
-                "model": "chat",
-                "user": f"u{i}",
-                "messages": [{"role": "user", "content": "hi"}],
-            }
-            r = client.post("/v1/chat/completions", json=body)
-            results.append((r.status_code, r.headers.get("x-request-id", "")))
-            time.sleep(0.005)
-
-
 def test_rows_equal_requests_after_an_outage_without_a_restart(
     tmp_path: Path, fresh_postgres_url: str
 ) -> None:
@@ -110,28 +94,18 @@ def test_rows_equal_requests_after_an_outage_without_a_restart(
         router = CanaryProcess(
             config, tmp_path / "data", CANARY_DATABASE_URL=proxy.url_for(fresh_postgres_url)
         ).start()
-        results: list[tuple[int, str]] = []
-        stop = threading.Event()
-        clients = [
-            threading.Thread(target=load, args=(router.url, results, stop)) for _ in range(3)
-        ]
-        try:
-            for c in clients:
-                c.start()
+        load = Load(router.url, threads=3)
+        with load.running():
             time.sleep(1.5)
             proxy.pause()
             time.sleep(2)
             during = httpx.get(f"{router.url}/health/ready", timeout=10)
             time.sleep(6)
-            served_in_outage = len(results)
+            served_in_outage = load.sent
             proxy.resume()
             time.sleep(1.5)
-        finally:
-            stop.set()
-            for c in clients:
-                c.join()
-        answered = {rid for status, rid in results if status == 200}
-        assert len(answered) == len(results), "a request failed during the outage"
+        answered = load.answered
+        assert load.statuses == {200: load.sent}, "a request failed during the outage"
         assert served_in_outage > 100
 
         deadline = time.monotonic() + 30
