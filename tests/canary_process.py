@@ -133,3 +133,54 @@ class Load:
             self._stop.set()
             for w in workers:
                 w.join()
+
+
+class FakeEngineProcess:
+    """The fake OpenAI-compatible engine (``router.backends.fake_server``) in a process of
+    its own, so a test can SIGKILL it mid-load and start it again on the same port."""
+
+    _CODE = (
+        "import sys, json, uvicorn\n"
+        "from router.backends import FakeSpec\n"
+        "from router.backends.fake_server import create_fake_openai_app\n"
+        "spec = FakeSpec(**json.loads(sys.argv[2]))\n"
+        "uvicorn.run(create_fake_openai_app(spec), host='127.0.0.1', port=int(sys.argv[1]),"
+        " log_level='warning')\n"
+    )
+
+    def __init__(self, **spec: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._spec = {"name": "engine", **spec}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> FakeEngineProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self._CODE, str(self.port), json.dumps(self._spec)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.get(f"{self.url}/v1/models", timeout=1)
+                return self
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"fake engine on {self.url} did not start") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def spec(self, **extra: Any) -> dict[str, Any]:
+        """The router's backend spec for this engine."""
+        return {
+            "backend": "openai",
+            "name": self._spec["name"],
+            "base_url": f"{self.url}/v1",
+            "remote_model": "fake",
+            **extra,
+        }

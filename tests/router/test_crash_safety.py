@@ -1,12 +1,16 @@
-"""SIGKILL under load loses no answered request: every row is in the local journal before
-its response leaves, and the next start replays it (real processes)."""
+"""Faults under load, with real processes: SIGKILL loses no answered request (every row
+is in the local journal before its response leaves, and the next start replays it), and
+an engine killed mid-load leaves a row for every request."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
-from tests.canary_process import CanaryProcess, Load
+import httpx
+
+from tests.canary_process import CanaryProcess, FakeEngineProcess, Load
 
 CONFIG = {
     "routes": {
@@ -47,3 +51,44 @@ def test_sigkill_under_load_loses_no_answered_request(tmp_path: Path) -> None:
     router.stop()
     missing = answered - rows
     assert not missing, f"{len(missing)} of {len(answered)} answered requests lost"
+
+
+def test_an_engine_killed_mid_load_leaves_a_row_for_every_request(tmp_path: Path) -> None:
+    """Plain requests and streams in flight when the champion's engine dies all get an
+    answer (an error one) and a row; the engine back, requests succeed again."""
+    engine = FakeEngineProcess(text="word " * 100, tokens_per_s=20).start()  # 5 s a stream
+    config = {**CONFIG, "routes": {"chat": {"champion": engine.spec(version="1", timeout_s=5)}}}
+    router = CanaryProcess({**config, "log_flush_interval_s": 0.25}, tmp_path / "data").start()
+    streams: list[list[str]] = [[] for _ in range(5)]
+
+    def stream(into: list[str]) -> None:
+        body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        try:
+            with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=body) as r:
+                into.extend(line for line in r.iter_lines() if line)
+        except httpx.HTTPError as exc:
+            into.append(f"transport error: {exc!r}")
+
+    streamers = [threading.Thread(target=stream, args=(s,)) for s in streams]
+    short = [{"role": "user", "content": "hi"}]
+    load = Load(
+        router.url, threads=3, body=lambda i: {"model": "chat", "messages": short, "max_tokens": 2}
+    )
+    with load.running():
+        for s in streamers:
+            s.start()
+        time.sleep(1.5)
+        engine.kill()
+        time.sleep(1.5)
+        engine.start()
+        time.sleep(1.5)
+    for s in streamers:
+        s.join()
+    router.stop()
+    engine.kill()
+
+    assert load.statuses[502] > 0 and load.statuses[200] > 0  # failed, then served again
+    assert set(load.statuses) <= {200, 502}
+    assert len(router.rows()) == load.sent + len(streams)
+    for lines in streams:  # each stream was cut, and ended with an error event
+        assert len(lines) > 3 and '"error"' in lines[-1], lines[-3:]
