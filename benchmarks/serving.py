@@ -48,8 +48,10 @@ def _serve(build: AppBuilder, port: int, log_level: str) -> None:
 class ServerProcess:
     """One uvicorn server in a spawned process, on a free loopback port."""
 
-    def __init__(self, build: AppBuilder, *, log_level: str = "WARNING") -> None:
-        self.port = free_port()
+    def __init__(
+        self, build: AppBuilder, *, log_level: str = "WARNING", port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited threads or models
         # daemon: never outlives the benchmark, even when it fails half-way

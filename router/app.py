@@ -13,15 +13,18 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.bundled import resolve_gguf
 from router.api import errors
-from router.api.body_limit import BodyLimit
+from router.api.body_guard import BodyGuard
+from router.api.chat_rows import ChatRows
 from router.api.routes import arena, chat, dashboard, experiments, feedback, health, models, votes
 from router.completions import ChatService
 from router.config import Settings
+from router.engine_checks import EngineChecker
 from router.evaluation.evaluator import Evaluator
 from router.evaluation.webhook import Webhook
 from router.inference_log.db import create_db_engine, migrate
 from router.inference_log.writer import LogWriter
 from router.metrics import Metrics
+from router.readiness import DatabaseProbe, Readiness
 from router.registry_source import RegistryArmSource
 from router.routes_table import ArmSource, RouteTable, StaticArmSource
 
@@ -35,7 +38,9 @@ def default_arm_source(settings: Settings) -> ArmSource:
     from registry.store import Registry
 
     return RegistryArmSource(
-        Registry.from_env(settings.data_dir), challenger_weight=settings.challenger_weight
+        Registry.from_env(settings.data_dir),
+        challenger_weight=settings.challenger_weight,
+        timeout_s=settings.registry_timeout_s,
     )
 
 
@@ -51,10 +56,11 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         writer = LogWriter(
             engine,
             metrics=metrics,
-            spill_dir=settings.data_dir / "spill",
+            journal_dir=settings.data_dir / "journal",
             queue_size=settings.log_queue_size,
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
+            journal_max_bytes=settings.log_journal_max_bytes,
         )
         source = arm_source or default_arm_source(settings)
         routes = RouteTable(
@@ -64,7 +70,15 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         await routes.start()
         watcher = None
         if not isinstance(source, StaticArmSource):
-            watcher = asyncio.create_task(routes.watch(settings.registry_poll_s))
+            metrics.registry_up.set(1)  # start() just read it
+            watcher = asyncio.create_task(
+                routes.watch(settings.registry_poll_s, up=metrics.registry_up)
+            )
+        engines = EngineChecker(
+            routes, metrics=metrics, interval_s=settings.engine_check_interval_s
+        )
+        checking = asyncio.create_task(engines.run())
+        database = DatabaseProbe(engine)
         for route in routes:
             for arm, weight in route.weights.items():
                 metrics.traffic_weight.labels(route.name, arm).set(weight)
@@ -79,12 +93,21 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
         app.state.writer, app.state.routes, app.state.service = writer, routes, service
         app.state.evaluator = evaluator
+        app.state.readiness = Readiness(
+            routes=routes,
+            writer=writer,
+            database=database,
+            engines=engines,
+            draining=lambda: service.draining,
+        )
         log.info("router ready", extra={"routes": [r.name for r in routes]})
         try:
             yield
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
             evaluating.cancel()
+            checking.cancel()
+            await database.aclose()
             await evaluator.aclose()  # reports being logged to MLflow
             if webhook is not None:
                 await webhook.aclose()
@@ -107,7 +130,10 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         app.include_router(module.router)
     if settings.ui_enabled:
         _mount_ui(app, settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(ChatRows)  # outermost of ours: it sees every chat response
     return app
 
 

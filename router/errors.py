@@ -5,19 +5,24 @@
     CanaryError
     ├── ClientError                 4xx: the caller can fix it
     │   ├── InvalidRequest          400 invalid_request_error
+    │   ├── InvalidJSON             400 invalid_json
     │   ├── ContextLengthExceeded   400 context_length_exceeded
     │   ├── Unauthorized            401
     │   ├── Forbidden               403
     │   ├── NotFound                404 (unknown request id, ...)
     │   │   └── RouteNotFound       404 model_not_found
     │   ├── Conflict                409
-    │   └── PayloadTooLarge         413
-    ├── BackendError                502: the model behind an arm failed
-    │   └── BackendTimeout          504: ... or did not answer in time
-    └── ServerShuttingDown          503: cut at the end of the shutdown grace period
+    │   ├── RequestTimeout          408 request_timeout: the body did not arrive in time
+    │   ├── PayloadTooLarge         413
+    │   └── ClientDisconnected      499 client_disconnected: the body was abandoned
+    ├── DatabaseUnavailable         503 database_unavailable (with Retry-After)
+    ├── ServerShuttingDown          503 server_shutting_down: cut at the end of the grace
+    └── BackendError                502: the model behind an arm failed
+        └── BackendTimeout          504: ... or did not answer in time
 
 The body of every error response has OpenAI's shape
-``{"error": {"message": ..., "type": ..., "code": ...}}``.
+``{"error": {"message": ..., "type": ..., "code": ..., "param": ...}}``; ``param`` names the
+field at fault when one is known (``messages.0.content``), else null.
 """
 
 from __future__ import annotations
@@ -32,15 +37,26 @@ class CanaryError(Exception):
     #: Set once the request is logged, so the error response can name its row.
     request_id: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    #: Extra response headers (``Retry-After``, ...).
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
         if code is not None:
             self.code = code
 
     def body(self) -> dict[str, dict[str, str | None]]:
         """OpenAI's error shape."""
-        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
 
 
 class ClientError(CanaryError):
@@ -99,11 +115,41 @@ class Conflict(ClientError):
     code = "conflict"
 
 
+class InvalidJSON(ClientError):
+    """The body is not JSON the router can parse: bad syntax, bad UTF-8, nested too deep."""
+
+    code = "invalid_json"
+
+
+class RequestTimeout(ClientError):
+    """The request body did not arrive within ``body_timeout_s``."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ClientError):
     """The request body is larger than ``max_body_bytes``."""
 
     status_code = 413
     code = "payload_too_large"
+
+
+class ClientDisconnected(ClientError):
+    """The client went away before sending its whole body; nobody reads the answer."""
+
+    status_code = 499  # nginx's "client closed request"
+    code = "client_disconnected"
+
+
+class DatabaseUnavailable(CanaryError):
+    """The database cannot be reached (down, restarting, connection lost); retry later."""
+
+    status_code = 503
+    type = "server_error"
+    code = "database_unavailable"
+    retry_after_s = 5
+    headers = {"retry-after": str(retry_after_s)}
 
 
 class BackendError(CanaryError):

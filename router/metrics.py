@@ -1,12 +1,33 @@
-"""Prometheus metrics, in a registry of their own per app (no process-wide globals)."""
+"""Prometheus metrics, in a registry of their own per app (no process-wide globals).
+
+Label values are bounded: routes this router serves (else ``unknown``), the fixed arm
+names, versions from the registry, and fixed enums. Never a client-chosen string: every
+distinct value is a series kept forever.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Seconds; a local 135M model takes ~0.01-0.1 s to the first token and seconds to finish.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ARM = ("route", "arm", "version")
+UNKNOWN = "unknown"
+_ARMS = frozenset({"champion", "challenger", "shadow"})
+
+
+def route_label(route: str, known: Container[str]) -> str:
+    """``route`` if this router serves it, else ``unknown`` (clients choose ``model``)."""
+    return route if route in known else UNKNOWN
+
+
+def arm_label(arm: str | None) -> str:
+    """An arm name, ``none`` for a request refused before it had one."""
+    if arm is None:
+        return "none"
+    return arm if arm in _ARMS else UNKNOWN
 
 
 class Metrics:
@@ -88,10 +109,49 @@ class Metrics:
             "canary_log_rows_written", "Inference rows committed.", registry=r
         )
         self.log_rows_spilled = Counter(
-            "canary_log_rows_spilled", "Rows written to the local spill file instead.", registry=r
+            "canary_log_rows_spilled",
+            "Rows the database did not take in order (down, or memory full), kept in the "
+            "local journal and replayed.",
+            registry=r,
         )
         self.log_write_failures = Counter(
-            "canary_log_write_failures", "Failed batch writes (each is retried).", registry=r
+            "canary_log_write_failures",
+            "Failed batch writes (the batch is split, or replayed after an outage).",
+            registry=r,
+        )
+        self.log_rows_replayed = Counter(
+            "canary_log_rows_replayed",
+            "Rows written from the local journal after an outage, an overflow or a crash.",
+            registry=r,
+        )
+        self.log_rows_dead_lettered = Counter(
+            "canary_log_rows_dead_lettered",
+            "Rows the database refused, kept in the journal's dead-letter file.",
+            registry=r,
+        )
+        self.log_rows_dropped = Counter(
+            "canary_log_rows_dropped",
+            "Rows that could not be recorded at all (journal full, database down).",
+            registry=r,
+        )
+        self.log_writer_errors = Counter(
+            "canary_log_writer_errors", "Unexpected errors the writer survived.", registry=r
+        )
+        self.log_journal_bytes = Gauge(
+            "canary_log_journal_bytes",
+            "Bytes in the local journal: rows not yet known to be in the database.",
+            registry=r,
+        )
+        self.engine_up = Gauge(
+            "canary_engine_up",
+            "1 when the arm's engine passed its last health check, 0 when it failed.",
+            ("route", "arm"),
+            registry=r,
+        )
+        self.registry_up = Gauge(
+            "canary_registry_up",
+            "1 when the last read of the model registry succeeded, 0 when it failed.",
+            registry=r,
         )
         self.evaluation_duration = Histogram(
             "canary_evaluation_duration_seconds",

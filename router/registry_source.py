@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from registry.http_bounds import bounded_http
 from router.backends import LlamaCppSpec, OpenAISpec, PyfuncSpec, SpecBase
 from router.config import RouteConfig
 
@@ -41,13 +42,25 @@ def spec_for(resolved: ResolvedVersion, registry: Registry) -> SpecBase:
 
 
 class RegistryArmSource:
-    """Reads every route that has a ``@champion``; a missing ``@challenger`` means none."""
+    """Reads every route that has a ``@champion``; a missing ``@challenger`` means none.
 
-    def __init__(self, registry: Registry, *, challenger_weight: float) -> None:
+    Each REST call of a read tries once and waits at most ``timeout_s``: a registry that
+    is down shows in readiness within seconds, not after MLflow's minutes of retries
+    (the next poll is the retry).
+    """
+
+    def __init__(
+        self, registry: Registry, *, challenger_weight: float, timeout_s: float = 5.0
+    ) -> None:
         self.registry = registry
         self._weight = challenger_weight
+        self.timeout_s = timeout_s
 
     def load(self) -> dict[str, RouteConfig]:
+        with bounded_http(self.timeout_s):
+            return self._load()
+
+    def _load(self) -> dict[str, RouteConfig]:
         routes = {}
         for route in self.registry.routes():
             champion = self.registry.resolve(route, "champion")

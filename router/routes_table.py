@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from prometheus_client import Gauge
+
 from router.assignment import BUCKETS, ArmName
 from router.backends import Backend, SpecBase, build_backend
 from router.config import RouteConfig
@@ -142,22 +144,40 @@ class RouteTable:
                 changes.append(f"{name}@{role}: {old} -> {arm.version if arm else 'none'}")
         return changes
 
-    async def watch(self, interval_s: float, *, max_backoff_s: float = 60.0) -> None:
-        """Poll the source forever; while it fails, keep serving and back off."""
+    async def watch(
+        self,
+        interval_s: float,
+        *,
+        max_backoff_s: float | None = None,
+        up: Gauge | None = None,
+    ) -> None:
+        """Poll the source forever; while it fails, keep serving and back off.
+
+        The backoff stays within a few intervals (``max_backoff_s``, default 4 of them):
+        each read is bounded by the source, so trying is cheap, and a move made while
+        the source was down lands on the first read that succeeds, soon after it is back.
+        ``up`` (a gauge) is 1 after a good read, 0 after a failed one.
+        """
+        cap = max_backoff_s if max_backoff_s is not None else 4 * interval_s
         delay = interval_s
         while True:
             await asyncio.sleep(delay)
             try:
                 for change in await self.refresh():
                     log.info("route changed", extra={"change": change})
-                self.status, delay = "ok", interval_s
             except Exception as exc:
                 self.status = f"degraded: {exc}"
-                delay = min(delay * 2, max_backoff_s)
+                delay = min(delay * 2, cap)
+                if up is not None:
+                    up.set(0)
                 log.warning(
                     "arm source unavailable; serving the loaded versions",
                     extra={"error": str(exc), "retry_in_s": delay},
                 )
+            else:
+                self.status, delay = "ok", interval_s
+                if up is not None:
+                    up.set(1)
 
     def _retire(self, arm: Arm) -> None:
         async def drain() -> None:
@@ -205,6 +225,13 @@ class RouteTable:
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self._routes.values())
+
+    def arms(self) -> Iterator[tuple[Route, Arm]]:
+        """Every loaded arm with its route, champions first within a route."""
+        for route in list(self._routes.values()):
+            for arm in (route.champion, route.challenger):
+                if arm is not None:
+                    yield route, arm
 
     @property
     def loaded(self) -> bool:

@@ -42,7 +42,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="A 64-bit int.")
     user: str | None = Field(default=None, max_length=200, description="Unit id for assignment.")
 
     @field_validator("stop")

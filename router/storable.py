@@ -16,7 +16,7 @@ Pure functions, no imports from the rest of the router: the public schemas use t
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -51,22 +51,42 @@ def describe(text: str) -> str:
     return f"a lone UTF-16 surrogate (\\u{ord(match.group()):04x})"
 
 
-def find_problem(value: Any, *, max_depth: int, _path: str = "", _depth: int = 0) -> str | None:
-    """The first unstorable string or too-deep nesting in a JSON value, as a sentence
-    naming its path (``messages.0.content contains a NUL character``), or None."""
+class Problem(NamedTuple):
+    """What ``locate_problem`` found: where (``messages.0.content``; "body" for the top),
+    whether it is ``depth`` or ``text``, and the sentence ``find_problem`` returns."""
+
+    path: str
+    kind: Literal["depth", "text"]
+    sentence: str
+
+
+def locate_problem(
+    value: Any, *, max_depth: int, _path: str = "", _depth: int = 0
+) -> Problem | None:
+    """The first unstorable string or too-deep nesting in a JSON value, or None."""
     if isinstance(value, str):
         if _UNSTORABLE.search(value):
-            return f"{_path or 'body'} contains {describe(value)}"
+            where = _path or "body"
+            return Problem(where, "text", f"{where} contains {describe(value)}")
         return None
     if isinstance(value, dict | list):
         if _depth >= max_depth:
-            return f"{_path or 'body'} is nested more than {max_depth} levels deep"
+            where = _path or "body"
+            return Problem(where, "depth", f"{where} is nested more than {max_depth} levels deep")
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             where = f"{_path}.{key}" if _path else str(key)
             if isinstance(key, str) and _UNSTORABLE.search(key):
-                return f"a key in {_path or 'body'} contains {describe(key)}"
-            problem = find_problem(item, max_depth=max_depth, _path=where, _depth=_depth + 1)
+                inside = _path or "body"
+                return Problem(inside, "text", f"a key in {inside} contains {describe(key)}")
+            problem = locate_problem(item, max_depth=max_depth, _path=where, _depth=_depth + 1)
             if problem is not None:
                 return problem
     return None
+
+
+def find_problem(value: Any, *, max_depth: int) -> str | None:
+    """The first unstorable string or too-deep nesting in a JSON value, as a sentence
+    naming its path (``messages.0.content contains a NUL character``), or None."""
+    problem = locate_problem(value, max_depth=max_depth)
+    return None if problem is None else problem.sentence

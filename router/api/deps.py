@@ -46,7 +46,10 @@ async def require_admin(
         raise Forbidden("The admin API is disabled: set CANARY_ADMIN_TOKEN to enable it.")
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("Send the admin token as 'Authorization: Bearer <token>'.")
-    if not secrets.compare_digest(authorization[7:], settings.admin_token.get_secret_value()):
+    # As bytes: compare_digest refuses non-ASCII str (a 500), and Starlette decodes
+    # header bytes as latin-1, so encoding back gives exactly what the client sent.
+    sent = authorization[7:].encode("latin-1")
+    if not secrets.compare_digest(sent, settings.admin_token.get_secret_value().encode()):
         raise Forbidden("The admin token is wrong.")
 
 

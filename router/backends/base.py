@@ -79,6 +79,13 @@ class Backend(ABC):
         """Release what ``start`` acquired."""
 
     @abstractmethod
+    async def check(self) -> None:
+        """Return if the model can answer now; raise ``BackendError`` saying why not.
+
+        Cheap and quick: readiness calls it every few seconds for every loaded arm.
+        """
+
+    @abstractmethod
     async def complete(self, params: ChatParams) -> Completion:
         """Answer in one piece."""
 

@@ -38,6 +38,12 @@ class FakeBackend(Backend):
         self._rng = random.Random(spec.seed)
         self.calls = 0
 
+    async def check(self) -> None:
+        # Only a fake told to fail every call is down; drawing from the seeded sequence
+        # here would shift which requests fail.
+        if self.spec.error_rate >= 1:
+            raise BackendError(f"fake backend {self.spec.name!r} fails every call (error_rate)")
+
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return sum(len(m["content"].split()) + 1 for m in messages)
 

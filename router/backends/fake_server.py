@@ -20,7 +20,8 @@ from router.errors import CanaryError
 
 
 def create_fake_openai_app(spec: FakeSpec | None = None) -> Starlette:
-    """``POST /v1/chat/completions`` answered by a ``FakeBackend`` (plain Starlette: fast)."""
+    """``POST /v1/chat/completions`` answered by a ``FakeBackend``, and ``GET /v1/models``
+    (the engine health check); plain Starlette: fast."""
     backend = FakeBackend(spec or FakeSpec(name="fake"))
 
     async def completions(request: Request) -> Response:
@@ -59,7 +60,18 @@ def create_fake_openai_app(spec: FakeSpec | None = None) -> Starlette:
         }
         return Response(orjson.dumps(payload), media_type="application/json")
 
-    return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    async def models(request: Request) -> Response:
+        model = {"id": backend.spec.name, "object": "model", "created": 0, "owned_by": "fake"}
+        return Response(
+            orjson.dumps({"object": "list", "data": [model]}), media_type="application/json"
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
 
 
 async def _events(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[bytes]:

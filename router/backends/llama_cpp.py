@@ -88,6 +88,11 @@ class LlamaCppBackend(Backend):
             await loop.run_in_executor(self._executor, llm.close)
         self._executor.shutdown(wait=False)
 
+    async def check(self) -> None:
+        # Loaded is all there is to know: the model is in this process, and a probe on
+        # the worker would queue behind the generation running there.
+        self.llm  # noqa: B018 - raises when not loaded
+
     @property
     def llm(self) -> Llama:
         if self._llm is None:

@@ -57,6 +57,10 @@ class PyfuncBackend(Backend):
         self._predict = None
         self._executor.shutdown(wait=False)
 
+    async def check(self) -> None:
+        if self._predict is None:
+            raise BackendError(f"model {self.spec.model_uri} is not loaded")
+
     async def complete(self, params: ChatParams) -> Completion:
         predict = self._predict
         if predict is None:

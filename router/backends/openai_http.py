@@ -23,6 +23,9 @@ class OpenAISpec(SpecBase):
     api_key_env: str | None = None
     timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
+    check_timeout_s: float = Field(
+        default=3.0, gt=0, description="The health check (GET {base_url}/models) waits this long."
+    )
     max_connections: int = 100
     context_length: int | None = None
 
@@ -62,6 +65,21 @@ class OpenAIBackend(Backend):
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+    async def check(self) -> None:
+        """``GET {base_url}/models``: answered by vLLM, llama-server, Ollama, TGI; no tokens."""
+        try:
+            response = await self.client.get("/models", timeout=self.spec.check_timeout_s)
+        except httpx.TimeoutException as exc:
+            raise BackendError(
+                f"{self.spec.base_url} did not answer in {self.spec.check_timeout_s:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{self.spec.base_url} unreachable: {exc!r}") from exc
+        # 404 still proves a live engine (one without a model list); 5xx and refused
+        # credentials mean requests would fail too.
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            raise BackendError(f"{self.spec.base_url}/models answered HTTP {response.status_code}")
 
     def _body(self, params: ChatParams, stream: bool) -> bytes:
         p = self.with_defaults(params)

@@ -156,10 +156,12 @@ class ChatService:
             )
         return route
 
-    def log_rejected(self, route: str, message: str, status_code: int, code: str) -> None:
+    def log_rejected(
+        self, route: str, message: str, status_code: int, code: str, *, status: str = REJECTED
+    ) -> None:
         """Log a request refused before it reached a route (malformed JSON, bad fields)."""
         record = self._ledger.open(route, stream=False, messages=None)
-        record.status, record.http_status = REJECTED, status_code
+        record.status, record.http_status = status, status_code
         record.error_type, record.error_message = code, message
         self._ledger.finish(record)
 

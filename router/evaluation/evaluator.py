@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 
 from experiments.analysis import Analysis, analyse
@@ -74,7 +76,7 @@ class Evaluator:
         r = self._routes.get(route)
         if r.challenger is None:
             raise InvalidRequest(f"Route {route!r} has no challenger to experiment with.")
-        p = Policy.from_dict({**(policy or {}), **({"stages": stages} if stages else {})})
+        p = requested_policy(policy, stages)
         row = await asyncio.to_thread(
             store.create_experiment,
             self._engine,
@@ -344,3 +346,30 @@ class Evaluator:
             move = self._registry.promote if action == "promote" else self._registry.rollback
             move(exp["route"], actor=actor, reason=reason, decision_id=exp["id"])
         store.update_experiment(conn, experiment_id=exp["id"], status=_ENDS[action])
+
+
+_POLICY = TypeAdapter(Policy)
+
+
+def requested_policy(policy: dict[str, Any] | None, stages: list[float] | None) -> Policy:
+    """The policy a client asked for, or a 400 naming the bad field and the valid ones."""
+    data = {**(policy or {}), **({"stages": stages} if stages else {})}
+    valid = [f.name for f in fields(Policy)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown policy field {unknown[0]!r}; valid fields: {', '.join(valid)}.",
+            code="invalid_policy",
+            param=f"policy.{unknown[0]}",
+        )
+    try:
+        return _POLICY.validate_python(data)  # field types, then Policy's own checks
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(
+            f"Invalid policy{f' field {field!r}' if field else ''}: {message}.",
+            code="invalid_policy",
+            param=f"policy.{field}" if field else "policy",
+        ) from None

@@ -34,7 +34,22 @@ def create_db_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A server that stops answering must fail in bounded time, not hang a writer thread:
+    # connects time out, and TCP keepalives and a user timeout (libpq's settings) end a
+    # connection whose peer vanished (a network partition, a host that died).
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args = {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args
+    )
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -195,7 +195,7 @@ def test_client_mistake_is_a_named_4xx_and_one_rejected_row(
     body = r.json()
     assert set(body) == {"error"}
     error = body["error"]
-    assert set(error) == {"message", "type", "code"}
+    assert set(error) == {"message", "type", "code", "param"}
     assert error["code"] == case.code
     assert error["type"] in {"invalid_request_error", "not_found_error"}
     for word in case.mentions:

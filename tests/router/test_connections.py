@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from router.header_timeout import HeaderDeadline, protocol_class
-from tests.router.canary_process import CanaryProcess, canary_serve
+from tests.canary_process import CanaryProcess, canary_serve
 from tests.servers import serve
 
 CONFIG: dict[str, Any] = {

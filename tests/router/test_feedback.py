@@ -113,7 +113,7 @@ def test_unknown_request_id_is_404_in_openai_shape(http: httpx.Client, method: s
         r = http.get("/v1/requests/chatcmpl-doesnotexist")
     assert r.status_code == 404
     error = r.json()["error"]
-    assert set(error) == {"message", "type", "code"}
+    assert set(error) == {"message", "type", "code", "param"}
     assert error["code"] == "request_not_found"
     assert "chatcmpl-doesnotexist" in error["message"]
 

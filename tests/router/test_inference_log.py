@@ -128,23 +128,7 @@ def test_client_disconnect_mid_stream_is_logged(
     assert 0 < len(row["response_text"].split()) < 200
 
 
-# -- the writer on its own --------------------------------------------------------------
-
-
-def _row(i: int) -> dict[str, Any]:
-    from datetime import UTC, datetime
-
-    return {
-        "request_id": f"req-{i}",
-        "created_at": datetime.now(UTC),
-        "route": "chat",
-        "status": "ok",
-        "stream": False,
-        "prompt_chars": 1,
-        "response_chars": 1,
-        "http_status": 200,
-        "latency_ms": 1.0,
-    }
+# -- the writer on its own (more in test_log_writer.py) ------------------------------------
 
 
 @pytest.fixture
@@ -152,54 +136,6 @@ def engine(tmp_path: Path) -> Engine:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'log.db'}")
     migrate(engine)
     return engine
-
-
-async def test_full_buffer_spills_to_disk_and_replays(engine: Engine, tmp_path: Path) -> None:
-    metrics = Metrics()
-    crashed = LogWriter(engine, metrics=metrics, spill_dir=tmp_path / "spill", queue_size=5)
-    for i in range(12):  # the writer is not running, so its buffer fills at 5; 7 spill
-        crashed.submit(_row(i))
-    assert metrics.log_rows_spilled._value.get() == 7
-    # The process dies here without closing. The next one replays the spill at start-up.
-    restarted = LogWriter(engine, metrics=Metrics(), spill_dir=tmp_path / "spill")
-    await restarted.start()
-    await restarted.close()
-    with engine.connect() as conn:
-        ids = conn.execute(text("SELECT request_id FROM inference_log")).scalars().all()
-    assert sorted(ids) == sorted(f"req-{i}" for i in range(5, 12))
-    assert not list((tmp_path / "spill").iterdir())
-    assert restarted.replay_spills() == 0  # replay is idempotent and consumes the files
-
-
-async def test_failed_writes_are_retried_then_spilled(engine: Engine, tmp_path: Path) -> None:
-    metrics = Metrics()
-    writer = LogWriter(
-        engine, metrics=metrics, spill_dir=tmp_path / "spill", max_retries=2, retry_base_s=0.001
-    )
-    calls = {"n": 0}
-    real_write = writer._write
-
-    def flaky(rows: list[dict[str, Any]]) -> None:
-        calls["n"] += 1
-        if calls["n"] <= 2:
-            raise OSError("database went away")
-        real_write(rows)
-
-    writer._write = flaky  # type: ignore[method-assign]
-    await writer.start()
-    writer.submit(_row(1))
-    await writer.flush()
-    assert metrics.log_write_failures._value.get() == 2
-    assert metrics.log_rows_written._value.get() == 1
-
-    writer._write = lambda rows: (_ for _ in ()).throw(OSError("down for good"))  # type: ignore[method-assign]
-    writer.submit(_row(2))
-    await writer.flush()
-    await writer.close()
-    assert metrics.log_rows_spilled._value.get() == 1
-    assert LogWriter(engine, metrics=Metrics(), spill_dir=tmp_path / "spill").replay_spills() == 1
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM inference_log")).scalar_one() == 2
 
 
 async def test_stream_abandoned_before_its_first_event_is_logged(
@@ -215,7 +151,7 @@ async def test_stream_abandoned_before_its_first_event_is_logged(
 
     settings = make_settings()
     metrics = Metrics()
-    writer = LogWriter(engine, metrics=metrics, spill_dir=tmp_path / "spill")
+    writer = LogWriter(engine, metrics=metrics, journal_dir=tmp_path / "journal")
     routes = RouteTable(
         StaticArmSource(settings.routes), resolve_gguf=partial(resolve_gguf, models_dir=tmp_path)
     )

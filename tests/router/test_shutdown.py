@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.router.canary_process import CanaryProcess, canary_serve
+from tests.canary_process import CanaryProcess, canary_serve
 
 GRACE_S = 3
 LONG, SHORT, WHOLE = 50, 5, 3
@@ -82,10 +82,10 @@ def test_sigterm_lets_short_streams_finish_and_ends_the_rest_with_an_error_event
     with canary_serve(tmp_path, CONFIG) as server:
         seen = asyncio.run(_sigterm_under_load(server))
 
-        assert seen["exit_code"] == 0, server.log()
+        assert seen["exit_code"] == 0, server.log
         assert seen["exit_s"] < GRACE_S + 10  # generous: 2 shared cores
-        assert "Application shutdown failed" not in server.log()
-        assert "inference log flushed" in server.log()
+        assert "Application shutdown failed" not in server.log
+        assert "inference log flushed" in server.log
 
         streams: list[list[str] | BaseException] = seen["streams"]
         errors = [s for s in streams if isinstance(s, BaseException)]
@@ -102,6 +102,7 @@ def test_sigterm_lets_short_streams_finish_and_ends_the_rest_with_an_error_event
                     "message": last["error"]["message"],
                     "type": "server_error",
                     "code": "server_shutting_down",
+                    "param": None,
                 }
             }
             # Only the final event is the error; the ones before it were chunks.

@@ -141,7 +141,7 @@ def test_unknown_request_is_404_naming_it(
     r = http.post("/v1/votes", json={**ids, "winner": "a"})
     assert r.status_code == 404, r.text
     error = r.json()["error"]
-    assert set(error) == {"message", "type", "code"}
+    assert set(error) == {"message", "type", "code", "param"}
     assert error["code"] == "request_not_found"
     assert "chatcmpl-nope" in error["message"]
     assert missing in error["message"]

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from router.api.deps import EngineDep, MetricsDep, ServiceDep, WriterDep
+from router.api.json_body import JSONRoute
 from router.arena import Arena
 from router.schemas import (
     BattleIn,
@@ -19,7 +20,7 @@ from router.schemas import (
     BattleVotePublic,
 )
 
-router = APIRouter(tags=["arena"])
+router = APIRouter(tags=["arena"], route_class=JSONRoute)
 
 
 async def _arena(

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
 from router.api.deps import ServiceDep
+from router.api.json_body import JSONRoute
 from router.schemas import ChatCompletionRequest
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=JSONRoute)
 
 
 @router.post("/v1/chat/completions")

@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from router import dashboard
 from router.api.deps import EngineDep, RoutesDep, WriterDep
+from router.api.json_body import JSONRoute
 from router.schemas import Dashboard
 
-router = APIRouter(tags=["dashboard"])
+router = APIRouter(tags=["dashboard"], route_class=JSONRoute)
 
 BucketDep = Annotated[
     int, Query(ge=1, le=86_400, description="Width of a timeline bucket, in seconds.")

@@ -10,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from experiments.report import render_html
 from router.api.deps import AdminDep, EngineDep
+from router.api.json_body import JSONRoute
 from router.errors import BackendError, CanaryError, Conflict, InvalidRequest, NotFound
 from router.evaluation import store
 from router.evaluation.evaluator import Evaluator
 from router.evaluation.models import LIVE
 from router.schemas import ExperimentIn
 
-router = APIRouter(tags=["experiments"])
+router = APIRouter(tags=["experiments"], route_class=JSONRoute)
 
 
 async def _evaluator(request: Request) -> Evaluator:

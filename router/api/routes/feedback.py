@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from router.api.deps import EngineDep, MetricsDep, WriterDep
+from router.api.deps import EngineDep, MetricsDep, RoutesDep, WriterDep
+from router.api.json_body import JSONRoute
 from router.errors import NotFound
 from router.inference_log import crud
+from router.metrics import arm_label, route_label
 from router.schemas import FeedbackIn, FeedbackPublic, RequestPublic
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], route_class=JSONRoute)
 
 
 async def _logged(request_id: str, engine: EngineDep, writer: WriterDep) -> RequestPublic:
@@ -24,7 +26,11 @@ async def _logged(request_id: str, engine: EngineDep, writer: WriterDep) -> Requ
 
 @router.post("/v1/feedback")
 async def post_feedback(
-    body: FeedbackIn, engine: EngineDep, writer: WriterDep, metrics: MetricsDep
+    body: FeedbackIn,
+    engine: EngineDep,
+    writer: WriterDep,
+    metrics: MetricsDep,
+    routes: RoutesDep,
 ) -> FeedbackPublic:
     """Rate a logged answer up or down; the same unit rating again replaces its rating."""
     logged = await _logged(body.request_id, engine, writer)
@@ -37,7 +43,10 @@ async def post_feedback(
         value=body.value,
         comment=body.comment,
     )
-    metrics.feedback.labels(logged.route, logged.arm or "", body.value).inc()
+    # Rows of refused requests carry the client's ``model``: never a label value.
+    metrics.feedback.labels(
+        route_label(logged.route, routes), arm_label(logged.arm), body.value
+    ).inc()
     return FeedbackPublic.model_validate(row)
 
 

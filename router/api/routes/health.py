@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
-from router.api.deps import EngineDep, MetricsDep, RoutesDep
-from router.inference_log.db import ping
+from router.api.deps import MetricsDep
+from router.readiness import Readiness
 
 router = APIRouter(tags=["health"])
+
+
+async def _readiness(request: Request) -> Readiness:
+    """Built in the app's lifespan."""
+    return request.app.state.readiness
+
+
+ReadinessDep = Annotated[Readiness, Depends(_readiness)]
 
 
 @router.get("/health/live")
@@ -22,19 +29,11 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/health/ready", response_model=None)
-async def ready(routes: RoutesDep, engine: EngineDep) -> JSONResponse:
-    """Arms loaded and database reachable (503 otherwise). A registry that cannot be read
-    while the loaded versions keep serving makes the status ``degraded``, still 200."""
-    checks: dict[str, Any] = {"arms": "ok" if routes.loaded else "no routes loaded"}
-    try:
-        await run_in_threadpool(ping, engine)
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unreachable: {exc.__class__.__name__}: {exc}"
-    ok = all(v == "ok" for v in checks.values())
-    checks["registry"] = routes.status
-    status = "not_ready" if not ok else ("ready" if routes.status == "ok" else "degraded")
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
+async def ready(readiness: ReadinessDep) -> JSONResponse:
+    """Can this router serve: 200 ``ready``, 200 ``degraded`` with the reasons in
+    ``checks``, or 503 ``not_ready`` (no routes loaded, or requests cannot be recorded)."""
+    status_code, body = await readiness.report()
+    return JSONResponse(body, status_code=status_code)
 
 
 @router.get("/metrics")

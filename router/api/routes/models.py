@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from router.api.deps import AdminDep, MetricsDep, RoutesDep
+from router.api.json_body import JSONRoute
 from router.routes_table import Arm, Route
 from router.schemas import ArmPublic, RoutePublic, WeightsIn
 
-router = APIRouter(tags=["routes"])
+router = APIRouter(tags=["routes"], route_class=JSONRoute)
 
 
 @router.get("/v1/models")

@@ -7,13 +7,15 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from router.api.deps import EngineDep, MetricsDep, WriterDep
+from router.api.deps import EngineDep, MetricsDep, RoutesDep, WriterDep
+from router.api.json_body import JSONRoute
 from router.errors import InvalidRequest, NotFound
 from router.inference_log import crud
 from router.inference_log.models import winner_arm
+from router.metrics import route_label
 from router.schemas import VoteIn, VotePublic
 
-router = APIRouter(tags=["votes"])
+router = APIRouter(tags=["votes"], route_class=JSONRoute)
 
 ARMS = ("champion", "challenger")
 
@@ -50,7 +52,11 @@ async def _pair(body: VoteIn, engine: EngineDep, writer: WriterDep) -> list[dict
 
 @router.post("/v1/votes")
 async def post_vote(
-    body: VoteIn, engine: EngineDep, writer: WriterDep, metrics: MetricsDep
+    body: VoteIn,
+    engine: EngineDep,
+    writer: WriterDep,
+    metrics: MetricsDep,
+    routes: RoutesDep,
 ) -> VotePublic:
     """Vote on two answers of one route, one from each arm: a, b, tie or both bad."""
     a, b = await _pair(body, engine, writer)
@@ -65,7 +71,7 @@ async def post_vote(
         unit_id=unit,
     )
     outcome = winner_arm(body.winner, a["arm"], b["arm"])
-    metrics.votes.labels(a["route"], outcome).inc()
+    metrics.votes.labels(route_label(a["route"], routes), outcome).inc()
     return VotePublic.model_validate(
         {**row, "arm_a": a["arm"], "arm_b": b["arm"], "winner_arm": outcome}
     )
