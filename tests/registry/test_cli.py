@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from registry.bundled import smollm2_path
-from router.cli_registry import add_registry_commands
+from router.cli.registry import add_registry_commands
 
 Canary = Callable[..., tuple[int, str, str]]
 

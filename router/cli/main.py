@@ -8,9 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from router.cli_experiment import add_experiment_commands
-from router.cli_registry import add_registry_commands
-from router.cli_simulate import add_simulate_command
+from router.cli.experiment import add_experiment_commands
+from router.cli.registry import add_registry_commands
+from router.cli.simulate import add_simulate_command
 from ui.cli import add_ui_command
 
 
@@ -58,7 +58,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    main()

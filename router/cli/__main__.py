@@ -1,0 +1,5 @@
+"""``python -m router.cli``: the same as ``canary``."""
+
+from router.cli.main import main
+
+main()
