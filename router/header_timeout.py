@@ -77,19 +77,26 @@ def _close(protocol: HttpToolsProtocol | H11Protocol) -> None:
     transport.close()
 
 
-class HttpToolsHeaderTimeout(HttpToolsProtocol):
-    """uvicorn's httptools protocol (``uvicorn[standard]``) with the header deadline."""
+class _HeaderTimeout:
+    """Mixin for a uvicorn protocol: the clock runs from the connection's start until the
+    subclass says its first request's headers are complete."""
 
     deadline: ClassVar[HeaderDeadline] = HeaderDeadline(10.0)
+    _header_clock: _HeaderClock
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._header_clock = _HeaderClock(self.loop, self.deadline, lambda: _close(self))
+    def connection_made(self, transport: Any) -> None:
+        protocol: Any = self
+        self._header_clock = _HeaderClock(protocol.loop, self.deadline, lambda: _close(protocol))
         self._header_clock.start()
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._header_clock.stop()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class HttpToolsHeaderTimeout(_HeaderTimeout, HttpToolsProtocol):
+    """uvicorn's httptools protocol (``uvicorn[standard]``) with the header deadline."""
 
     def on_message_begin(self) -> None:
         self._header_clock.start()
@@ -100,19 +107,8 @@ class HttpToolsHeaderTimeout(HttpToolsProtocol):
         super().on_headers_complete()
 
 
-class H11HeaderTimeout(H11Protocol):
+class H11HeaderTimeout(_HeaderTimeout, H11Protocol):
     """uvicorn's pure-Python h11 protocol with the header deadline."""
-
-    deadline: ClassVar[HeaderDeadline] = HeaderDeadline(10.0)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._header_clock = _HeaderClock(self.loop, self.deadline, lambda: _close(self))
-        self._header_clock.start()
-        super().connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._header_clock.stop()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

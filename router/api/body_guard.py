@@ -8,7 +8,6 @@ OpenAI's shape and the chat path logs the refused request like any other.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,8 +38,9 @@ class BodyGuard:
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         limit, timeout_s = self.max_bytes, self.timeout_s
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout_s
         received = 0
         complete = False
 
@@ -59,7 +59,7 @@ class BodyGuard:
             except TimeoutError:
                 raise RequestTimeout(
                     f"The request body did not arrive within {timeout_s:g} s "
-                    f"({received} bytes in {time.monotonic() - started:.1f} s)."
+                    f"({received} bytes in {loop.time() - started:.1f} s)."
                 ) from None
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected(

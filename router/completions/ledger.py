@@ -18,7 +18,7 @@ from router.config import Settings
 from router.errors import CanaryError, ServerShuttingDown
 from router.inference_log.record import DISCONNECTED, FALLBACK, OK, SHUTDOWN, RequestRecord
 from router.inference_log.writer import LogWriter
-from router.metrics import Metrics
+from router.metrics import Metrics, route_label
 from router.routes_table import Arm, RouteTable
 
 # The request log line keeps the name it had before the package was split: dashboards
@@ -52,7 +52,7 @@ class Ledger:
         self, route: str, *, stream: bool, messages: list[dict[str, Any]] | None
     ) -> RequestRecord:
         """A new row for a request to ``route``, counted in flight until finished."""
-        self._metrics.in_flight.labels(self._route_label(route)).inc()
+        self._metrics.in_flight.labels(route_label(route, self._routes)).inc()
         record = RequestRecord(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             created_at=datetime.now(UTC),
@@ -134,7 +134,7 @@ class Ledger:
         if not self._open:
             self._idle.set()
         record.latency_ms = record.elapsed_ms()
-        self._metrics.in_flight.labels(self._route_label(record.route)).dec()
+        self._metrics.in_flight.labels(route_label(record.route, self._routes)).dec()
         self._writer.submit(record.row(store_prompts=self._settings.store_prompts))
         self._count(record)
         log.info(
@@ -152,7 +152,9 @@ class Ledger:
     def _count(self, record: RequestRecord) -> None:
         m = self._metrics
         if record.arm is None:  # refused before an arm was picked
-            m.requests.labels(self._route_label(record.route), "none", "", record.status).inc()
+            m.requests.labels(
+                route_label(record.route, self._routes), "none", "", record.status
+            ).inc()
             return
         labels = (record.route, record.arm, record.model_version or "")
         m.requests.labels(*labels, record.status).inc()
@@ -165,7 +167,3 @@ class Ledger:
             m.prompt_tokens.labels(*labels).inc(record.prompt_tokens)
         if record.completion_tokens:
             m.completion_tokens.labels(*labels).inc(record.completion_tokens)
-
-    def _route_label(self, route: str) -> str:
-        """Clients choose ``model``; only known routes become label values."""
-        return route if route in self._routes else "unknown"
