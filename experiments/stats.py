@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ArmStats", "Proportion", "RatioSums", "VoteCounts"]
+__all__ = ["ArmStats", "PhasedSums", "Proportion", "RatioSums", "VoteCounts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +64,121 @@ class RatioSums:
         return Proportion(int(self.sum_x), int(self.sum_y))
 
 
+Matrix = tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PhasedSums:
+    """Per-unit sums of one arm over ``K`` phases (strata), for a phase-stratified estimate.
+
+    A phase is a period with constant traffic weights. For unit u, ``x_uk`` successes out of
+    ``y_uk`` trials in phase k. Vectors hold per-phase totals; the K x K matrices hold the
+    cross-phase products ``xx[k][l] = sum_u x_uk x_ul`` (``xy[k][l] = sum_u x_uk y_ul``,
+    ``yy`` likewise), which the delta method needs when one unit spans several phases
+    (see :mod:`experiments.strata`). ``units`` counts units with ``y_uk > 0`` per phase and
+    ``distinct_units`` units with any trial. With one phase this is exactly a
+    :class:`RatioSums` (:meth:`single`, :meth:`pooled`).
+    """
+
+    units: tuple[int, ...] = ()
+    sum_x: tuple[float, ...] = ()
+    sum_y: tuple[float, ...] = ()
+    xx: Matrix = ()
+    xy: Matrix = ()
+    yy: Matrix = ()
+    distinct_units: int = 0
+
+    @property
+    def phases(self) -> int:
+        return len(self.sum_y)
+
+    @classmethod
+    def single(cls, sums: RatioSums) -> PhasedSums:
+        """One phase holding ``sums``."""
+        return cls(
+            units=(sums.units,),
+            sum_x=(sums.sum_x,),
+            sum_y=(sums.sum_y,),
+            xx=((sums.sum_x2,),),
+            xy=((sums.sum_xy,),),
+            yy=((sums.sum_y2,),),
+            distinct_units=sums.units,
+        )
+
+    @classmethod
+    def empty(cls, phases: int) -> PhasedSums:
+        zeros = (0.0,) * phases
+        return cls((0,) * phases, zeros, zeros, (zeros,) * phases, (zeros,) * phases,
+                   (zeros,) * phases, 0)
+
+    def pooled(self) -> RatioSums:
+        """The phases merged: per-unit ``x_u = sum_k x_uk`` (exact, from the cross products)."""
+        return RatioSums(
+            units=self.distinct_units,
+            sum_x=sum(self.sum_x),
+            sum_y=sum(self.sum_y),
+            sum_x2=sum(map(sum, self.xx)),
+            sum_y2=sum(map(sum, self.yy)),
+            sum_xy=sum(map(sum, self.xy)),
+        )
+
+    def __add__(self, other: PhasedSums) -> PhasedSums:
+        # Valid for disjoint units with the same phases (two batches of new users).
+        if not self.phases:
+            return other
+        if not other.phases:
+            return self
+        if self.phases != other.phases:
+            raise ValueError(f"cannot add sums over {self.phases} and {other.phases} phases")
+
+        def add(a: Matrix, b: Matrix) -> Matrix:
+            return tuple(tuple(p + q for p, q in zip(r, s, strict=True)) for r, s in zip(a, b, strict=True))
+
+        return PhasedSums(
+            units=tuple(a + b for a, b in zip(self.units, other.units, strict=True)),
+            sum_x=tuple(a + b for a, b in zip(self.sum_x, other.sum_x, strict=True)),
+            sum_y=tuple(a + b for a, b in zip(self.sum_y, other.sum_y, strict=True)),
+            xx=add(self.xx, other.xx),
+            xy=add(self.xy, other.xy),
+            yy=add(self.yy, other.yy),
+            distinct_units=self.distinct_units + other.distinct_units,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class VoteCounts:
-    """Pairwise (blind side-by-side) votes between the two arms."""
+    """Pairwise (blind side-by-side) votes between the two arms.
+
+    ``per_voter`` clusters the decisive votes by voter: for voter v, ``x_v`` challenger
+    wins out of ``y_v`` decisive votes (ties and both-bad excluded). Without it every vote
+    counts as its own voter.
+    """
 
     challenger_wins: int = 0
     champion_wins: int = 0
     ties: int = 0
     both_bad: int = 0
+    per_voter: RatioSums | None = None
+
+    def voters(self) -> RatioSums:
+        """``per_voter``, or one voter per decisive vote when it is not known."""
+        if self.per_voter is not None:
+            return self.per_voter
+        n, wins = self.challenger_wins + self.champion_wins, self.challenger_wins
+        return RatioSums(n, wins, n, wins, n, wins)
 
 
 @dataclass(frozen=True, slots=True)
 class ArmStats:
     """Everything the analysis needs about one arm, filled by SQL GROUP BY."""
 
-    requests: int = 0  # logged requests assigned to the arm (rejected ones excluded)
-    units: int = 0  # distinct units assigned to the arm
-    errors: RatioSums = RatioSums()  # x = failed requests of the unit, y = requests of the unit
-    # x = thumbs-up of the unit, y = rated requests of the unit (latest rating per request)
-    thumbs: RatioSums = RatioSums()
-    latency_ms: tuple[float, ...] = ()  # latency of successful requests (a sample, <= ~20k)
-    ttft_ms: tuple[float, ...] = ()  # time to first token of successful streamed requests
+    requests: int = 0  # logged requests of the arm in running phases (rejected ones excluded)
+    units: int = 0  # distinct units the split assigned to the arm in running phases
+    # Per phase: x = failed requests of the unit, y = requests of the unit.
+    errors: PhasedSums = PhasedSums()
+    # Per phase: x = thumbs-up of the unit, y = rated requests (latest rating per request).
+    thumbs: PhasedSums = PhasedSums()
+    # Latency of the current stage's requests (a sample, <= ~20k); a failed or timed-out
+    # request is ``math.inf``: the slowest possible answer, not a missing one.
+    latency_ms: tuple[float, ...] = ()
+    ttft_ms: tuple[float, ...] = ()  # time to first token of streamed requests, likewise
