@@ -24,14 +24,23 @@ subsampling.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-__all__ = ["LatencyComparison", "compare_latency", "kth_pairwise_difference"]
+from experiments.sequential import SequentialTest, msprt
+
+__all__ = [
+    "LatencyComparison",
+    "TailTest",
+    "compare_latency",
+    "kth_pairwise_difference",
+    "tail_test",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,4 +183,113 @@ def compare_latency(
         mann_whitney_p=float(test.pvalue),
         hodges_lehmann=hl,
         hodges_lehmann_ci=ci,
+    )
+
+
+# -- the guardrail: a tail test of its own bound ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TailTest:
+    """Always-valid test of "challenger p95 > ``bound`` x champion p95" (:func:`tail_test`)."""
+
+    status: str  # "ok" | "insufficient" | "invalid"
+    reason: str
+    quantile: float
+    bound: float
+    champion_n: int
+    challenger_n: int
+    champion_p95: float | None  # None also when the quantile falls on a failure
+    challenger_p95: float | None
+    p95_ratio: float | None
+    threshold_ms: float | None  # pooled quantile of the champion and the challenger / bound
+    champion_exceed: float | None  # share of the champion's requests above the threshold
+    challenger_exceed: float | None  # share of the challenger's above bound x threshold
+    difference: float | None  # challenger_exceed - champion_exceed
+    std_error: float | None
+    sequential: SequentialTest | None  # p_greater: evidence that the bound is exceeded
+
+
+def _high_quantile(x: NDArray[np.float64], q: float) -> float:
+    return float(np.quantile(x, q, method="higher"))
+
+
+def tail_test(
+    champion: Sequence[float] | NDArray[np.float64],
+    challenger: Sequence[float] | NDArray[np.float64],
+    *,
+    bound: float,
+    quantile: float = 0.95,
+    tau2: float = 0.05**2,
+    alpha: float = 0.05,
+    previous: Mapping[str, float] | None = None,
+    min_samples: int = 20,
+) -> TailTest:
+    """Is the challenger's ``quantile`` more than ``bound`` times the champion's?
+
+    The bound is a statement about two quantiles, so the test is a two-sample quantile
+    test on the challenger's latencies divided by ``bound`` (Mood's median test carried to
+    the q-th quantile): with ``t`` the pooled q-th quantile of the champion's sample and the
+    scaled challenger's, each arm's share of requests above ``t`` is ``1 - q`` when the two
+    quantiles are equal (the bound exactly met), less for the challenger when it is inside
+    the bound, more when it is past it. ``d = e_B - e_A`` is asymptotically normal with
+    variance ``e_A (1 - e_A) / n_A + e_B (1 - e_B) / n_B``, and the one-sided mSPRT on it
+    (:func:`experiments.sequential.msprt`, null 0) stays valid under continuous monitoring;
+    ``sequential.p_greater`` < alpha is evidence that the challenger is past its bound.
+    Unlike a Mann-Whitney test, a challenger that is slower but inside its bound does not
+    fail it. Failed and timed-out requests are ``+inf`` in the samples: the slowest answers,
+    so a challenger that times out instead of answering slowly cannot look fast.
+    """
+    a = np.asarray(champion, dtype=np.float64)
+    b = np.asarray(challenger, dtype=np.float64)
+    empty = dict.fromkeys(
+        (
+            "champion_p95",
+            "challenger_p95",
+            "p95_ratio",
+            "threshold_ms",
+            "champion_exceed",
+            "challenger_exceed",
+            "difference",
+            "std_error",
+            "sequential",
+        ),
+    )
+
+    def result(status: str, reason: str, **values: Any) -> TailTest:
+        return TailTest(
+            status, reason, quantile, bound, int(a.size), int(b.size), **{**empty, **values}
+        )
+
+    if np.isnan(a).any() or np.isnan(b).any() or (a < 0).any() or (b < 0).any():
+        return result("invalid", "latency sample contains NaN or negative values")
+    if not (math.isfinite(bound) and bound > 0 and 0 < quantile < 1):
+        return result("invalid", "bound must be positive and quantile in (0, 1)")
+    if a.size < min_samples or b.size < min_samples:
+        reason = f"{a.size} champion and {b.size} challenger samples, need {min_samples} in each"
+        return result("insufficient", reason)
+    scaled = b / bound
+    t = _high_quantile(np.concatenate([a, scaled]), quantile)
+    # Above t; when t itself is a failure (+inf), the failures are what exceeds.
+    e_a = float(((a > t) | np.isinf(a)).mean()) if math.isinf(t) else float((a > t).mean())
+    e_b = (
+        float(((scaled > t) | np.isinf(scaled)).mean())
+        if math.isinf(t)
+        else float((scaled > t).mean())
+    )
+    se = math.sqrt(e_a * (1 - e_a) / a.size + e_b * (1 - e_b) / b.size)
+    p_a, p_b = _high_quantile(a, quantile), _high_quantile(b, quantile)
+    finite = math.isfinite(p_a) and math.isfinite(p_b)
+    return result(
+        "ok",
+        "",
+        champion_p95=p_a if math.isfinite(p_a) else None,
+        challenger_p95=p_b if math.isfinite(p_b) else None,
+        p95_ratio=p_b / p_a if finite and p_a > 0 else None,
+        threshold_ms=t if math.isfinite(t) else None,
+        champion_exceed=e_a,
+        challenger_exceed=e_b,
+        difference=e_b - e_a,
+        std_error=se,
+        sequential=msprt(e_b - e_a, se, tau2=tau2, alpha=alpha, previous=previous),
     )

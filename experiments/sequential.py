@@ -16,6 +16,13 @@ the always-valid p-value ``p_n = min(p_{n-1}, 1/Lambda_n)`` may be looked at aft
 state for the next look. Without it, each look's p-value is still valid on its own
 (``1/Lambda_n`` can only be smaller than the running minimum if it is itself small).
 
+The policy decides in two ways (see :mod:`experiments.policy`): harm (rollback) on the running
+minimum, and benefit (advance, promote) on **this look's** ``1/Lambda_n`` alone
+(``p_greater_look``). Both are valid: ``{1/Lambda_n < alpha}`` at some look is the same event
+as the running minimum crossing ``alpha``, so it has probability at most ``alpha`` under the
+null. Deciding "better" on the current look means the evidence must still be there when
+each later stage is looked at, with that stage's data in it.
+
 One-sided versions mix over a half-normal prior on one side of ``theta0``:
 
     Lambda_greater = 2 * Lambda * Phi( (d - theta0) * tau / sqrt(V * (V + tau2)) )
@@ -62,6 +69,8 @@ class SequentialTest:
     ci: tuple[float, float] | None  # (1 - alpha) confidence sequence for theta at this look
     tau2: float
     null: float
+    p_greater_look: float = 1.0  # this look's 1/Lambda_greater, no running minimum
+    p_less_look: float = 1.0  # this look's 1/Lambda_less, no running minimum
 
     def state(self) -> dict[str, float]:
         """Running minima to pass back as ``previous`` at the next look (JSON-able)."""
@@ -121,13 +130,17 @@ def msprt(
     log_greater = math.log(2.0) + log_lam + float(stats.norm.logcdf(signed))
     log_less = math.log(2.0) + log_lam + float(stats.norm.logcdf(-signed))
     half_width = math.sqrt(v * (v + tau2) / tau2 * (math.log1p(r) - 2.0 * math.log(alpha)))
+    p_greater_look = _p_from_log_lambda(log_greater)
+    p_less_look = _p_from_log_lambda(log_less)
     return SequentialTest(
         status="ok",
         reason="",
         p_value=min(prev_two, _p_from_log_lambda(log_lam)),
-        p_greater=min(prev_greater, _p_from_log_lambda(log_greater)),
-        p_less=min(prev_less, _p_from_log_lambda(log_less)),
+        p_greater=min(prev_greater, p_greater_look),
+        p_less=min(prev_less, p_less_look),
         ci=(difference - half_width, difference + half_width),
         tau2=tau2,
         null=null,
+        p_greater_look=p_greater_look,
+        p_less_look=p_less_look,
     )

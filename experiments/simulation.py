@@ -16,7 +16,8 @@ batch, carrying the always-valid p-values' running minimum (``Analysis.sequentia
 from look to look exactly as the evaluator does, until the policy promotes, rolls back or
 halts, or a horizon is reached. With ``stage_index=None`` it walks the policy's stages: each
 batch is split between the arms by the current stage's weight (a binomial draw, like the
-hash assignment), ``advance`` moves to the next stage and restarts the per-stage unit counts.
+hash assignment), ``advance`` moves to the next stage: a new phase, so the per-stage unit
+counts, the SRM window and the latency samples restart and the rates are stratified.
 With a fixed ``stage_index`` it stays at that stage and any decision other than
 ``continue`` ends the run.
 
@@ -31,16 +32,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from experiments.analysis import analyse
+from experiments.analysis import Look, analyse
 from experiments.policy import Decision, Policy
-from experiments.stats import ArmStats, RatioSums, VoteCounts
+from experiments.stats import ArmStats, PhasedSums, RatioSums, VoteCounts
 
 __all__ = [
     "FINAL",
@@ -51,6 +52,7 @@ __all__ = [
     "bernoulli_arm",
     "combine",
     "draw_arm",
+    "in_phase",
     "naive_z",
     "naive_z_decisions",
     "random_batches",
@@ -63,7 +65,7 @@ __all__ = [
 Batch = Callable[[float], tuple[ArmStats, ArmStats]]
 
 #: Decisions that end an experiment.
-FINAL = ("promote", "rollback", "halt")
+FINAL = ("promote", "rollback", "halt", "inconclusive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ class Users:
 class Outcome:
     """How one simulated experiment ended."""
 
-    #: "promote" | "rollback" | "halt", or "continue" when the horizon came first
+    #: "promote" | "rollback" | "halt" | "inconclusive", or "continue" when the horizon came first
     #: (or "advance" when a single-stage run ends on it).
     action: str
     reasons: tuple[str, ...]
@@ -181,8 +183,8 @@ def draw_arm(
     return ArmStats(
         requests=int(requests.sum()),
         units=units,
-        errors=_sums(failed, requests),
-        thumbs=_sums(ups, rated),
+        errors=PhasedSums.single(_sums(failed, requests)),
+        thumbs=PhasedSums.single(_sums(ups, rated)),
         latency_ms=samples,
     )
 
@@ -193,14 +195,27 @@ def bernoulli_arm(ups: int, units: int, *, error_sums: bool = True) -> ArmStats:
     ``error_sums=False`` leaves the error sums empty instead of "no failures": the error
     tests then report "insufficient" instead of a zero difference, which leads the policy
     to the same decision (a zero difference neither fails nor blocks the guardrail) and
-    halves the cost of ``analyse`` (its Fisher test and Beta posteriors on the errors).
+    makes ``analyse`` cheaper.
     """
     errors = RatioSums(units, 0.0, units, 0.0, units, 0.0) if error_sums else RatioSums()
     return ArmStats(
         requests=units,
         units=units,
-        errors=errors,
-        thumbs=RatioSums(units, ups, units, ups, units, ups),  # x_u in {0, 1}: x_u**2 == x_u
+        errors=PhasedSums.single(errors),
+        # x_u in {0, 1}: x_u**2 == x_u
+        thumbs=PhasedSums.single(RatioSums(units, ups, units, ups, units, ups)),
+    )
+
+
+def in_phase(stats: ArmStats, phase: int) -> ArmStats:
+    """New units' statistics (one phase) placed in phase ``phase`` of an experiment."""
+    return ArmStats(
+        requests=stats.requests,
+        units=stats.units,
+        errors=PhasedSums.in_phase(stats.errors.pooled(), phase),
+        thumbs=PhasedSums.in_phase(stats.thumbs.pooled(), phase),
+        latency_ms=stats.latency_ms,
+        ttft_ms=stats.ttft_ms,
     )
 
 
@@ -255,30 +270,39 @@ def run_experiment(
     stage = 0 if stage_index is None else stage_index
     champion, challenger = ArmStats(), ArmStats()
     stage_units = {"champion": 0, "challenger": 0}
+    stage_latency: dict[str, tuple[float, ...]] = {"champion": (), "challenger": ()}
     history: dict[str, dict[str, float]] | None = None
     advances: list[int] = []
     decision = Decision("continue")
     for look in range(1, max_looks + 1):
         share = policy.stages[stage] / 100.0
-        new_champion, new_challenger = next_batch(share)
+        phase = len(advances)  # each stage is one phase: new units only, no pauses
+        new_champion, new_challenger = (in_phase(s, phase) for s in next_batch(share))
         champion, challenger = combine(champion, new_champion), combine(challenger, new_challenger)
         stage_units["champion"] += new_champion.units
         stage_units["challenger"] += new_challenger.units
+        stage_latency["champion"] += new_champion.latency_ms
+        stage_latency["challenger"] += new_challenger.latency_ms
         analysis = analyse(
-            champion,
-            challenger,
+            replace(champion, latency_ms=stage_latency["champion"]),
+            replace(challenger, latency_ms=stage_latency["challenger"]),
             VoteCounts(),
-            {"champion": 1.0 - share, "challenger": share},
             policy,
-            stage,
+            Look(
+                stage_index=stage,
+                weights={"champion": 1.0 - share, "challenger": share},
+                stage_units=dict(stage_units),
+                srm_units=dict(stage_units),
+                srm_window=str(phase),
+            ),
             history,
-            stage_units=stage_units,
         )
         history = analysis.sequential_state()  # what the evaluator stores for the next look
         decision = analysis.decision
         if decision.action == "advance" and stage_index is None:
             stage += 1
             stage_units = {"champion": 0, "challenger": 0}
+            stage_latency = {"champion": (), "challenger": ()}
             advances.append(look)
             continue
         if decision.action != "continue":

@@ -75,7 +75,7 @@ class PhasedSums:
     ``y_uk`` trials in phase k. Vectors hold per-phase totals; the K x K matrices hold the
     cross-phase products ``xx[k][l] = sum_u x_uk x_ul`` (``xy[k][l] = sum_u x_uk y_ul``,
     ``yy`` likewise), which the delta method needs when one unit spans several phases
-    (see :mod:`experiments.strata`). ``units`` counts units with ``y_uk > 0`` per phase and
+    (see :mod:`experiments.rates`). ``units`` counts units with ``y_uk > 0`` per phase and
     ``distinct_units`` units with any trial. With one phase this is exactly a
     :class:`RatioSums` (:meth:`single`, :meth:`pooled`).
     """
@@ -108,8 +108,39 @@ class PhasedSums:
     @classmethod
     def empty(cls, phases: int) -> PhasedSums:
         zeros = (0.0,) * phases
-        return cls((0,) * phases, zeros, zeros, (zeros,) * phases, (zeros,) * phases,
-                   (zeros,) * phases, 0)
+        return cls(
+            (0,) * phases, zeros, zeros, (zeros,) * phases, (zeros,) * phases, (zeros,) * phases, 0
+        )
+
+    @classmethod
+    def in_phase(cls, sums: RatioSums, phase: int) -> PhasedSums:
+        """``sums`` of units seen only in phase ``phase`` (0-based), nothing before it."""
+        return cls.single(sums).padded(phase + 1, before=phase)
+
+    def padded(self, phases: int, *, before: int = 0) -> PhasedSums:
+        """The same units over ``phases`` phases: ``before`` empty phases first, the rest after."""
+        after = phases - self.phases - before
+        if after < 0 or before < 0:
+            raise ValueError(f"cannot fit {self.phases} phases into {phases}")
+        if before == after == 0:
+            return self
+
+        def vector(v: tuple[float, ...], zero: float = 0.0) -> tuple[float, ...]:
+            return (zero,) * before + v + (zero,) * after
+
+        def matrix(m: Matrix) -> Matrix:
+            row = (0.0,) * phases
+            return (row,) * before + tuple(vector(r) for r in m) + (row,) * after
+
+        return PhasedSums(
+            units=(0,) * before + self.units + (0,) * after,
+            sum_x=vector(self.sum_x),
+            sum_y=vector(self.sum_y),
+            xx=matrix(self.xx),
+            xy=matrix(self.xy),
+            yy=matrix(self.yy),
+            distinct_units=self.distinct_units,
+        )
 
     def pooled(self) -> RatioSums:
         """The phases merged: per-unit ``x_u = sum_k x_uk`` (exact, from the cross products)."""
@@ -123,25 +154,24 @@ class PhasedSums:
         )
 
     def __add__(self, other: PhasedSums) -> PhasedSums:
-        # Valid for disjoint units with the same phases (two batches of new users).
-        if not self.phases:
-            return other
-        if not other.phases:
-            return self
-        if self.phases != other.phases:
-            raise ValueError(f"cannot add sums over {self.phases} and {other.phases} phases")
+        """Sums of two disjoint sets of units. Phases are numbered in time order, so sums
+        over fewer phases are sums whose later phases are empty (padded)."""
+        phases = max(self.phases, other.phases)
+        a, b = self.padded(phases), other.padded(phases)
 
-        def add(a: Matrix, b: Matrix) -> Matrix:
-            return tuple(tuple(p + q for p, q in zip(r, s, strict=True)) for r, s in zip(a, b, strict=True))
+        def add(m: Matrix, n: Matrix) -> Matrix:
+            return tuple(
+                tuple(p + q for p, q in zip(r, s, strict=True)) for r, s in zip(m, n, strict=True)
+            )
 
         return PhasedSums(
-            units=tuple(a + b for a, b in zip(self.units, other.units, strict=True)),
-            sum_x=tuple(a + b for a, b in zip(self.sum_x, other.sum_x, strict=True)),
-            sum_y=tuple(a + b for a, b in zip(self.sum_y, other.sum_y, strict=True)),
-            xx=add(self.xx, other.xx),
-            xy=add(self.xy, other.xy),
-            yy=add(self.yy, other.yy),
-            distinct_units=self.distinct_units + other.distinct_units,
+            units=tuple(p + q for p, q in zip(a.units, b.units, strict=True)),
+            sum_x=tuple(p + q for p, q in zip(a.sum_x, b.sum_x, strict=True)),
+            sum_y=tuple(p + q for p, q in zip(a.sum_y, b.sum_y, strict=True)),
+            xx=add(a.xx, b.xx),
+            xy=add(a.xy, b.xy),
+            yy=add(a.yy, b.yy),
+            distinct_units=a.distinct_units + b.distinct_units,
         )
 
 

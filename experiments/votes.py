@@ -5,7 +5,13 @@ Entry point: :func:`compare_votes`.
 * Win rate: challenger wins / decisive votes (ties and both-bad excluded), with an exact
   two-sided binomial test against 0.5 (``scipy.stats.binomtest``) and its Clopper-Pearson CI.
 * Always-valid sequential p-values (:func:`experiments.sequential.msprt`) on ``win_rate - 0.5``
-  with the null standard error ``0.5 / sqrt(decisive)``.
+  (:func:`vote_test`), **clustered by voter**: one reviewer casting many votes is one cluster,
+  not many independent votes. With ``x_v`` challenger wins of voter v out of ``y_v`` decisive
+  votes, the standard error is the cluster-robust score form centred on the null win rate
+  ``q``, ``se**2 = sum_v (x_v - q y_v)**2 / (sum_v y_v)**2`` (the delta method of
+  :mod:`experiments.rates` with the ratio fixed at its null value). It equals the binomial
+  ``q (1 - q) / n`` when every voter votes once, and stays positive when every vote went one
+  way (60 of 60 to the champion is evidence, not "no variance").
 * Bradley-Terry ratings as in Chatbot Arena (Chiang et al., "Chatbot Arena: An Open Platform
   for Evaluating LLMs by Human Preference", ICML 2024, arXiv:2403.04132; the notebook
   ``compute_mle_elo``): ``P(i beats j) = 1 / (1 + base**((R_j - R_i) / scale))`` with
@@ -32,7 +38,7 @@ from scipy import stats
 from experiments.sequential import SequentialTest, msprt
 from experiments.stats import VoteCounts
 
-__all__ = ["VoteComparison", "compare_votes", "fit_bradley_terry"]
+__all__ = ["VoteComparison", "compare_votes", "fit_bradley_terry", "vote_test"]
 
 SCALE = 400.0
 BASE = 10.0
@@ -49,10 +55,11 @@ class VoteComparison:
     decisive: int
     win_rate: float | None  # challenger wins / decisive votes
     win_rate_ci: tuple[float, float] | None  # exact Clopper-Pearson 95%
-    p_value: float | None  # exact binomial, two-sided, against 0.5
-    sequential: SequentialTest | None  # mSPRT on win_rate - 0.5
+    p_value: float | None  # exact binomial, two-sided, against 0.5 (votes as independent)
+    sequential: SequentialTest | None  # mSPRT on win_rate - 0.5, clustered by voter
     bradley_terry: dict[str, float] | None  # {"champion": R_a, "challenger": R_b}
     bradley_terry_ci: dict[str, tuple[float, float]] | None
+    voters: int = 0  # distinct voters of the decisive votes
 
 
 def fit_bradley_terry(
@@ -89,6 +96,29 @@ def _two_player_ratings(
     wins_b = np.where(zero, wins_b + 0.5, wins_b)
     gap = SCALE * np.log(wins_b / wins_a) / np.log(BASE)
     return np.stack([CENTRE - gap / 2.0, CENTRE + gap / 2.0], axis=-1)
+
+
+def vote_test(
+    votes: VoteCounts,
+    *,
+    null_rate: float = 0.5,
+    tau2: float = 0.05**2,
+    alpha: float = 0.05,
+    previous: Mapping[str, float] | None = None,
+) -> SequentialTest | None:
+    """mSPRT of ``win_rate - 0.5`` against ``null_rate - 0.5``, clustered by voter (module
+    docs); None without decisive votes."""
+    voters = votes.voters()
+    if voters.sum_y <= 0:
+        return None
+    q = null_rate
+    # sum_v (x_v - q y_v)^2 = sum x^2 - 2 q sum xy + q^2 sum y^2
+    spread = voters.sum_x2 - 2.0 * q * voters.sum_xy + q * q * voters.sum_y2
+    se = math.sqrt(max(spread, 0.0)) / voters.sum_y
+    win_rate = voters.sum_x / voters.sum_y
+    return msprt(
+        win_rate - 0.5, se, tau2=tau2, alpha=alpha, null=null_rate - 0.5, previous=previous
+    )
 
 
 def _empty(status: str, reason: str, votes: VoteCounts, decisive: int) -> VoteComparison:
@@ -128,9 +158,7 @@ def compare_votes(
     win_rate = votes.challenger_wins / decisive
     test = stats.binomtest(votes.challenger_wins, decisive, 0.5)
     ci = test.proportion_ci(confidence_level=0.95, method="exact")
-    seq = msprt(
-        win_rate - 0.5, 0.5 / math.sqrt(decisive), tau2=tau2, alpha=alpha, previous=previous
-    )
+    seq = vote_test(votes, tau2=tau2, alpha=alpha, previous=previous)
 
     half = 0.5 * (votes.ties + votes.both_bad)
     point = _two_player_ratings(
@@ -156,4 +184,5 @@ def compare_votes(
             "champion": (float(lo[0]), float(hi[0])),
             "challenger": (float(lo[1]), float(hi[1])),
         },
+        voters=votes.voters().units,
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.stats import ArmStats, RatioSums
+from experiments.analysis import Look
+from experiments.stats import ArmStats, PhasedSums, RatioSums
 
 
 def bernoulli(successes: int, trials: int) -> RatioSums:
@@ -44,8 +45,28 @@ def arm(
     return ArmStats(
         requests=units,
         units=units,
-        errors=bernoulli(errors, units),
-        thumbs=bernoulli(ups, units),
+        errors=PhasedSums.single(bernoulli(errors, units)),
+        thumbs=PhasedSums.single(bernoulli(ups, units)),
         latency_ms=tuple(rng.lognormal(np.log(latency_median), 0.4, samples)),
         ttft_ms=tuple(rng.lognormal(np.log(ttft_median), 0.4, samples)),
+    )
+
+
+def look(
+    champion: ArmStats,
+    challenger: ArmStats,
+    *,
+    stage: int = 0,
+    weights: dict[str, float] | None = None,
+    elapsed_days: float = 1.0,
+) -> Look:
+    """A look whose stage and SRM window hold every unit of both arms."""
+    units = {"champion": champion.units, "challenger": challenger.units}
+    return Look(
+        stage_index=stage,
+        weights=weights or {"champion": 50.0, "challenger": 50.0},
+        stage_units=units,
+        srm_units=units,
+        srm_window=f"stage {stage}",
+        elapsed_days=elapsed_days,
     )

@@ -3,7 +3,8 @@ import pytest
 from scipy import stats
 
 from experiments import latency
-from experiments.latency import compare_latency, kth_pairwise_difference
+from experiments.latency import compare_latency, kth_pairwise_difference, tail_test
+from experiments.sequential import msprt
 
 
 def _brute(champion: np.ndarray, challenger: np.ndarray) -> tuple[float, float, float]:
@@ -85,3 +86,36 @@ def test_selection_paths_agree_with_sorting(
         diffs = np.sort(np.subtract.outer(y, x).ravel())
         for k in rng.integers(1, diffs.size + 1, size=5):
             assert kth_pairwise_difference(x, y, int(k)) == pytest.approx(diffs[k - 1], rel=1e-12)
+
+
+def test_tail_test_is_a_quantile_test_of_the_bound() -> None:
+    """Pooled 95th percentile of the champion and challenger/bound; each arm's share above
+    it; the mSPRT on the difference (computed here step by step)."""
+    rng = np.random.default_rng(5)
+    a = rng.lognormal(np.log(400), 0.5, 3000)
+    b = rng.lognormal(np.log(400 * 1.3), 0.5, 2000)  # p95 ratio 1.3, inside a 1.5 bound
+    result = tail_test(a, b, bound=1.5)
+    t = np.quantile(np.concatenate([a, b / 1.5]), 0.95, method="higher")
+    e_a, e_b = (a > t).mean(), (b / 1.5 > t).mean()
+    se = np.sqrt(e_a * (1 - e_a) / a.size + e_b * (1 - e_b) / b.size)
+    assert result.threshold_ms == pytest.approx(t)
+    assert (result.champion_exceed, result.challenger_exceed) == pytest.approx((e_a, e_b))
+    assert result.sequential is not None
+    assert result.sequential.p_greater == pytest.approx(
+        msprt(e_b - e_a, se, tau2=0.05**2).p_greater
+    )
+    assert result.p95_ratio == pytest.approx(1.3, abs=0.1)
+    assert result.sequential.p_greater > 0.5  # inside its bound: no evidence of a breach
+    slow = tail_test(a, b * 1.6, bound=1.5)  # ratio ~2.1
+    assert slow.sequential is not None and slow.sequential.p_greater < 1e-6
+
+
+def test_tail_test_counts_failures_as_the_slowest() -> None:
+    rng = np.random.default_rng(6)
+    a = rng.lognormal(np.log(400), 0.5, 2000)
+    b = np.concatenate([rng.lognormal(np.log(400), 0.5, 1800), np.full(200, np.inf)])
+    result = tail_test(a, b, bound=1.5)
+    assert result.challenger_p95 is None and result.p95_ratio is None  # the p95 is a failure
+    assert result.sequential is not None and result.sequential.p_greater < 1e-6
+    assert tail_test(a, b[:10], bound=1.5).status == "insufficient"
+    assert tail_test(a, np.full(50, np.nan), bound=1.5).status == "invalid"

@@ -12,6 +12,7 @@ from experiments.simulation import (
     bernoulli_arm,
     combine,
     draw_arm,
+    in_phase,
     naive_z,
     naive_z_decisions,
     random_batches,
@@ -29,14 +30,15 @@ def test_draw_arm_reproduces_the_true_rates() -> None:
     truth = ArmTruth(thumbs_up=0.7, error_rate=0.1, latency_ms=250.0, latency_sigma=0.5)
     users = Users(requests_per_unit=3.0, rated_share=0.5)
     arm = draw_arm(rng, truth, 20_000, users=users)
+    errors, thumbs = arm.errors.pooled(), arm.thumbs.pooled()
     assert arm.units == 20_000
     assert arm.requests / arm.units == pytest.approx(3.0, rel=0.02)
-    assert arm.errors.units == 20_000 and arm.errors.sum_y == arm.requests
-    assert arm.errors.sum_x / arm.errors.sum_y == pytest.approx(0.1, abs=0.005)
-    successes = arm.requests - arm.errors.sum_x
-    assert arm.thumbs.sum_y / successes == pytest.approx(0.5, abs=0.01)
-    assert arm.thumbs.sum_x / arm.thumbs.sum_y == pytest.approx(0.7, abs=0.01)
-    assert arm.thumbs.units < arm.units  # units that rated nothing are not in the thumbs sums
+    assert errors.units == 20_000 and errors.sum_y == arm.requests
+    assert errors.sum_x / errors.sum_y == pytest.approx(0.1, abs=0.005)
+    successes = arm.requests - errors.sum_x
+    assert thumbs.sum_y / successes == pytest.approx(0.5, abs=0.01)
+    assert thumbs.sum_x / thumbs.sum_y == pytest.approx(0.7, abs=0.01)
+    assert thumbs.units < arm.units  # units that rated nothing are not in the thumbs sums
     assert len(arm.latency_ms) == successes
     assert float(np.median(arm.latency_ms)) == pytest.approx(250.0, rel=0.03)
     assert draw_arm(rng, truth, 10, users=users, latency=False).latency_ms == ()
@@ -44,7 +46,7 @@ def test_draw_arm_reproduces_the_true_rates() -> None:
 
 def test_one_rated_request_per_unit_is_plain_bernoulli() -> None:
     arm = draw_arm(np.random.default_rng(1), ArmTruth(0.6), 500, latency=False)
-    thumbs = arm.thumbs
+    thumbs = arm.thumbs.pooled()
     assert thumbs.units == thumbs.sum_y == 500  # the Wald case of compare_rates
     assert thumbs.sum_x == thumbs.sum_x2 == thumbs.sum_xy
     assert arm == bernoulli_arm(int(thumbs.sum_x), 500)
@@ -99,7 +101,7 @@ def test_run_experiment_promotes_a_better_and_rolls_back_a_worse_challenger() ->
 
 
 def test_staged_flow_advances_through_every_stage_before_promoting() -> None:
-    policy = Policy(stages=(20.0, 50.0), min_units=50, min_rated=50)
+    policy = Policy(stages=(20.0, 50.0), min_units=50, min_rated_units=50)
     batches = random_batches(
         np.random.default_rng(5), ArmTruth(0.5), ArmTruth(0.8), units=100, latency=False
     )
@@ -125,6 +127,18 @@ def test_single_stage_ends_on_advance_and_horizon_ends_on_continue() -> None:
     assert outcome.reasons[0] == "not enough data yet:"
 
 
+def test_each_stage_is_a_phase() -> None:
+    policy = Policy(stages=(20.0, 50.0), min_units=50, min_rated_units=50)
+    batches = random_batches(
+        np.random.default_rng(5), ArmTruth(0.5), ArmTruth(0.8), units=100, latency=False
+    )
+    outcome = run_experiment(batches, policy, max_looks=100)
+    assert outcome.action == "promote" and len(outcome.advances) == 1
+    moved = in_phase(draw_arm(np.random.default_rng(1), ArmTruth(0.6), 50, latency=False), 2)
+    assert moved.thumbs.phases == 3 and moved.thumbs.sum_y[:2] == (0.0, 0.0)
+    assert moved.thumbs.pooled().sum_y == moved.thumbs.sum_y[2]
+
+
 def test_run_experiment_validates_its_arguments() -> None:
     batches = random_batches(np.random.default_rng(0), ArmTruth(0.5), ArmTruth(0.5), units=10)
     with pytest.raises(ValueError, match="max_looks"):
@@ -138,7 +152,7 @@ def test_replay_batches_feeds_the_paths_increments() -> None:
     assert paths.shape == (2, 5) and (np.diff(paths, axis=1) >= 0).all()
     batches = replay_batches(paths[0], paths[1], 40)
     seen = [batches(0.5) for _ in range(5)]
-    assert [int(a.thumbs.sum_x) for a, _ in seen] == np.diff(paths[0], prepend=0).tolist()
+    assert [int(a.thumbs.pooled().sum_x) for a, _ in seen] == np.diff(paths[0], prepend=0).tolist()
     assert all(a.units == b.units == 40 for a, b in seen)
     with pytest.raises(StopIteration):
         batches(0.5)
@@ -181,7 +195,7 @@ def test_always_valid_policy_keeps_its_level_where_peeking_does_not() -> None:
 
 
 def test_omitting_zero_error_sums_changes_no_decision() -> None:
-    """What the benchmark relies on to halve the cost of a look."""
+    """What makes a look cheaper changes nothing."""
     rng = np.random.default_rng(11)
     size = {"experiments": 12, "looks": 25, "units_per_look": 40}
     champion, challenger = thumbs_paths(rng, 0.6, **size), thumbs_paths(rng, 0.55, **size)

@@ -1,9 +1,12 @@
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.stats import VoteCounts
-from experiments.votes import compare_votes, fit_bradley_terry
+from experiments.sequential import msprt
+from experiments.stats import RatioSums, VoteCounts
+from experiments.votes import compare_votes, fit_bradley_terry, vote_test
 
 
 def test_win_rate_and_exact_binomial_test() -> None:
@@ -70,3 +73,27 @@ def test_sequential_p_value_on_the_win_rate() -> None:
     result = compare_votes(VoteCounts(challenger_wins=300, champion_wins=200))
     assert result.sequential is not None
     assert result.sequential.p_greater < 0.05 < result.sequential.p_less
+
+
+def test_vote_test_clusters_by_voter_with_a_null_centred_variance() -> None:
+    """Voter v: x_v challenger wins of y_v decisive votes. The standard error is
+    sqrt(sum_v (x_v - q y_v)^2) / sum_v y_v (a score test's cluster-robust variance),
+    computed here voter by voter."""
+    x = np.array([5, 0, 3, 2, 8, 1, 4, 4, 0, 6], dtype=float)
+    y = np.array([6, 2, 4, 4, 9, 3, 5, 4, 1, 6], dtype=float)
+    sums = RatioSums(10, x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
+    votes = VoteCounts(
+        challenger_wins=int(x.sum()), champion_wins=int((y - x).sum()), per_voter=sums
+    )
+    q = 0.45
+    test = vote_test(votes, null_rate=q)
+    assert test is not None
+    se = math.sqrt(((x - q * y) ** 2).sum()) / y.sum()
+    reference = msprt(x.sum() / y.sum() - 0.5, se, tau2=0.05**2, null=q - 0.5)
+    assert test.p_greater == pytest.approx(reference.p_greater, rel=1e-12)
+    assert test.p_less == pytest.approx(reference.p_less, rel=1e-12)
+    # Unclustered (each vote its own voter): the binomial variance under the null.
+    flat = vote_test(VoteCounts(60, 40), null_rate=0.5)
+    assert flat is not None and flat.ci is not None
+    direct = msprt(0.1, math.sqrt(0.25 / 100), tau2=0.05**2)
+    assert flat.p_greater == pytest.approx(direct.p_greater, rel=1e-12)
