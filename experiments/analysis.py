@@ -121,6 +121,7 @@ class Analysis:
                     **_rate_dict(self.thumbs),
                 },
                 "error_rate": {
+                    "role": "guardrail",
                     **_rate_dict(self.errors),
                     "bound": self.policy.max_error_rate_increase,
                     "bound_type": self.policy.error_rate_bound,
@@ -182,10 +183,14 @@ def _arm_dict(analysis: Analysis, arm: str) -> dict[str, Any]:
     }
 
 
-def _sequential_dict(seq: SequentialTest | None) -> dict[str, Any]:
+def _sequential_dict(seq: SequentialTest | None, higher_is_better: bool = True) -> dict[str, Any]:
+    """One-sided p-values named by what they mean for the challenger (an error rate that
+    goes up is worse)."""
+    better = None if seq is None else (seq.p_greater_look if higher_is_better else seq.p_less_look)
+    worse = None if seq is None else (seq.p_less if higher_is_better else seq.p_greater)
     return {
-        "p_better": None if seq is None else _num(seq.p_greater_look),
-        "p_worse": None if seq is None else _num(seq.p_less),
+        "p_better": _num(better),
+        "p_worse": _num(worse),
         "p_value_sequential_two_sided": None if seq is None else _num(seq.p_value),
         "confidence_sequence": None if seq is None else _pair(seq.ci),
     }
@@ -198,7 +203,7 @@ def _rate_dict(result: RateComparison) -> dict[str, Any]:
         "difference": _num(result.difference),
         "ci": _pair(result.ci),
         "p_value": _num(result.p_value),
-        **_sequential_dict(result.sequential),
+        **_sequential_dict(result.sequential, result.higher_is_better),
         "prob_challenger_better": _num(result.prob_challenger_better),
         "expected_loss": _num(result.expected_loss),
         "shrunk_difference": _num(result.shrunk_difference),
@@ -215,6 +220,7 @@ def _rate_dict(result: RateComparison) -> dict[str, Any]:
 
 def _latency_dict(result: LatencyComparison, guard: TailTest) -> dict[str, Any]:
     return {
+        "role": "guardrail",
         "champion_p50": _num(result.champion_p50),
         "challenger_p50": _num(result.challenger_p50),
         "champion_p95": _num(guard.champion_p95),

@@ -54,7 +54,12 @@ PRIMARY_METRICS = ("thumbs", "votes")
 TESTS = ("superiority", "non_inferiority")
 ERROR_BOUNDS = ("absolute", "relative")
 #: Stored policies of earlier versions: old field name -> new one (None: dropped).
-_LEGACY = {"min_rated": "min_rated_units", "srm_threshold": "srm_alpha", "latency_alpha": None}
+_LEGACY = {
+    "min_rated": "min_rated_units",
+    "min_guardrail_requests": "min_guardrail_units",
+    "srm_threshold": "srm_alpha",
+    "latency_alpha": None,
+}
 
 
 @dataclass(frozen=True, slots=True)

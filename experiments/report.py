@@ -12,16 +12,24 @@ Entry point: :func:`render_html`. :func:`report_input` builds its input from an
   its 95% Wilson band.
 * ``latency_ms`` / ``ttft_ms`` — ``{"champion": [ms, ...], "challenger": [ms, ...]}`` samples.
 * ``bradley_terry_ci`` — ``{"champion": [lo, hi], "challenger": [lo, hi]}``.
-* ``traffic`` — one entry per stage the experiment went through: ``{"stage": int (1-based),
-  "challenger_percent": float, "started_at": str, "ended_at": str | None, "requests":
-  {arm: n}, "units": {arm: n}}`` (``units``: units the traffic split assigned in that
-  stage); drawn as a table with each stage's own SRM test, and a bar plot.
+* ``traffic`` — one entry per phase (a period of constant weights) or per stage:
+  ``{"phase"?: int, "status"?: str, "stage": int (1-based), "challenger_percent": float,
+  "started_at": str, "ended_at": str | None, "requests": {arm: n}, "units": {arm: n}}``
+  (``units``: units the traffic split assigned in it); drawn as a table with each row's own
+  SRM test, and a bar plot.
 * ``srm_detail`` — ``{"observed": {arm: n}, "expected": {arm: x}}``.
 * ``policy`` — :meth:`Policy.to_dict`; ``decisions`` — every ``{"time", "action", "reasons",
   "acted"?, "actor"?}``.
 * ``final_decision`` — ``{"action", "reasons", "actor", "time"}`` of the decision that ended
   the experiment: the report's verdict (the analysis's own decision is then what the
   policy would say on the data now). ``report_run_id`` — its MLflow run, if logged.
+
+What the analysis shows (shape in :mod:`experiments.analysis`): per metric its role
+(primary / guardrail), the one-sided always-valid p-values the policy decides on
+(``p_better`` at this look, ``p_worse`` its running minimum), the two-sided always-valid and
+the fixed-horizon p apart, and beside each difference the shrunk estimate with the
+winner's-curse caveat; the primary metric per phase; each guardrail's bound and
+``p_above_bound`` (latency: its threshold too); the anytime-valid SRM p.
 
 Plots use matplotlib's object API (``Figure``, Agg canvas): no pyplot global state, safe in
 a server thread.
@@ -81,6 +89,8 @@ def _fmt(value: Any, kind: str = "num") -> str:
         return f"{100 * float(value):+.1f} pts"
     if kind == "p":
         return f"{float(value):.3g}"
+    if kind == "ratio":
+        return f"{float(value):.2f}x"
     if isinstance(value, float):
         return f"{value:,.1f}"
     return html.escape(str(value))
@@ -184,32 +194,153 @@ def _bars_plot(labels: list[str], series: Mapping[str, list[float]], ylabel: str
     return _png(fig)
 
 
-def _metric_rows(metrics: Mapping[str, Any]) -> str:
+WINNERS_CURSE = (
+    "<p class=muted><b>Shrunk</b> is the difference pulled towards zero by the always-valid "
+    "test's own prior, N(0, τ²) (its posterior mean): an estimate read at the look where a "
+    "sequential test first crosses its boundary overstates the effect (the winner's curse), "
+    "and the shrunk value is the prior-corrected one to quote. "
+    "<b>p better</b> is the one-sided always-valid p at this look (what advancing and "
+    "promoting need; non-inferior within the margin under a non-inferiority policy, not "
+    "worse than the guardrail margin for a guardrail), <b>p worse</b> the running minimum "
+    "of the other one-sided p (what a rollback needs); the two-sided always-valid and the "
+    "fixed-horizon p are for reading only: the policy does not use them. CS: the "
+    "always-valid confidence sequence.</p>"
+)
+
+
+def _interval(label: str, pair: Sequence[Any] | None, kind: str) -> str:
+    lo, hi = pair if pair else (None, None)
+    return f"{label} [{_fmt(lo, kind)}, {_fmt(hi, kind)}]"
+
+
+def _p_cells(m: Mapping[str, Any]) -> str:
+    return "".join(
+        f"<td class=num>{_fmt(m.get(key), 'p')}</td>"
+        for key in ("p_better", "p_worse", "p_value_sequential_two_sided", "p_value")
+    )
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> str:
+    """Thumbs-up rate and votes: one decides (primary), the other is a "not worse" guardrail."""
+    thumbs = metrics.get("thumbs_up_rate") or {}
+    votes = metrics.get("votes") or {}
+    thumbs_diff = (
+        f"{_fmt(thumbs.get('difference'), 'pts')}<br><span class=muted>"
+        f"{_interval('95% CI', thumbs.get('ci'), 'pts')}; "
+        f"{_interval('CS', thumbs.get('confidence_sequence'), 'pts')}</span>"
+    )
+    votes_diff = (
+        f"challenger wins {_fmt(votes.get('win_rate'), 'pct')} "
+        f"<span class=muted>({_fmt(votes.get('voters'))} voters, {_fmt(votes.get('ties'))} "
+        f"ties, {_fmt(votes.get('both_bad'))} both bad)<br>"
+        f"{_interval('CS of win rate - 50%', votes.get('confidence_sequence'), 'pts')}</span>"
+    )
+    rows = [
+        f"<tr><td>Thumbs-up rate</td><td>{_fmt(thumbs.get('role'))}</td>"
+        f"<td class=num>{_fmt(thumbs.get('champion'), 'pct')}</td>"
+        f"<td class=num>{_fmt(thumbs.get('challenger'), 'pct')}</td>"
+        f"<td class=num>{thumbs_diff}</td>"
+        f"<td class=num>{_fmt(thumbs.get('shrunk_difference'), 'pts')}</td>{_p_cells(thumbs)}</tr>",
+        f"<tr><td>Votes</td><td>{_fmt(votes.get('role'))}</td>"
+        f"<td class=num>{_fmt(votes.get('champion_wins'))} wins</td>"
+        f"<td class=num>{_fmt(votes.get('challenger_wins'))} wins</td>"
+        f"<td class=num>{votes_diff}</td><td class=num>—</td>{_p_cells(votes)}</tr>",
+    ]
+    head = (
+        "<tr><th>metric</th><th>role</th><th>champion</th><th>challenger</th>"
+        "<th>difference</th><th>shrunk</th><th>p better (this look)</th><th>p worse</th>"
+        "<th>p two-sided (always valid)</th><th>p (fixed horizon)</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>{WINNERS_CURSE}"
+
+
+def _phases_table(metrics: Mapping[str, Any]) -> str:
+    """The primary metric's estimate in each phase (period of constant traffic weights)."""
+    primary = next(
+        (
+            key
+            for key in ("thumbs_up_rate", "votes")
+            if (metrics.get(key) or {}).get("role") == "primary"
+        ),
+        "thumbs_up_rate",
+    )
+    phases = (metrics.get(primary) or {}).get("phases")
+    if primary == "votes":
+        return "<p class=muted>Votes (primary) are pooled over phases: no per-phase estimates.</p>"
+    if not phases:
+        return "<p class=muted>No per-phase estimates yet.</p>"
     rows = []
-    for key, title in (("thumbs_up_rate", "Thumbs-up rate"), ("error_rate", "Error rate")):
-        m = metrics.get(key) or {}
-        ci = m.get("ci") or [None, None]
+    for k, phase in enumerate(phases, start=1):
+        a, b = phase.get("champion"), phase.get("challenger")
+        diff = None if a is None or b is None else b - a
         rows.append(
-            f"<tr><td>{title}</td><td class=num>{_fmt(m.get('champion'), 'pct')}</td>"
-            f"<td class=num>{_fmt(m.get('challenger'), 'pct')}</td>"
-            f"<td class=num>{_fmt(m.get('difference'), 'pts')} "
-            f"<span class=muted>[{_fmt(ci[0], 'pts')}, {_fmt(ci[1], 'pts')}]</span></td>"
-            f"<td class=num>{_fmt(m.get('p_value'), 'p')}</td>"
-            f"<td class=num>{_fmt(m.get('p_value_sequential'), 'p')}</td></tr>"
+            f"<tr><td>{k}</td><td class=num>{_fmt(phase.get('weight'), 'pct')}</td>"
+            f"<td class=num>{_fmt(a, 'pct')}</td><td class=num>{_fmt(b, 'pct')}</td>"
+            f"<td class=num>{_fmt(diff, 'pts')}</td></tr>"
         )
     head = (
-        "<tr><th>metric</th><th>champion</th><th>challenger</th><th>difference [95% CI]</th>"
-        "<th>p (fixed)</th><th>p (always valid)</th></tr>"
+        "<tr><th>phase</th><th>weight in the difference</th><th>champion</th>"
+        "<th>challenger</th><th>difference</th></tr>"
     )
-    table = f"<table>{head}{''.join(rows)}</table>"
-    lat_rows = "".join(
-        f"<tr><td>{title}</td><td class=num>{_fmt((metrics.get(k) or {}).get('p95_ratio'))}</td>"
-        f"<td class=num>{_fmt((metrics.get(k) or {}).get('hodges_lehmann_ms'))}</td>"
-        f"<td class=num>{_fmt((metrics.get(k) or {}).get('mann_whitney_p'), 'p')}</td></tr>"
-        for k, title in (("latency", "Latency"), ("ttft", "Time to first token"))
+    note = (
+        "<p class=muted>Thumbs-up rate (primary) in each phase the analysis counts (in time "
+        "order, halted ones left out); the difference above is the "
+        "weighted sum of the phases' differences (Mantel-Haenszel weights), so a change of "
+        "traffic split while the base rate drifts cannot fake an effect.</p>"
     )
-    lat_head = "<tr><th></th><th>p95 ratio</th><th>shift (ms, HL)</th><th>Mann-Whitney p</th></tr>"
-    return table + f"<table style='margin-top:12px'>{lat_head}{lat_rows}</table>"
+    return f"{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _error_bound(m: Mapping[str, Any]) -> str:
+    bound = m.get("bound")
+    if bound is None:
+        return "—"
+    if m.get("bound_type") == "relative":
+        return f"challenger ≤ {1 + float(bound):.2f}x champion"
+    return f"difference ≤ {_fmt(bound, 'pts')}"
+
+
+def _guardrails_table(metrics: Mapping[str, Any]) -> str:
+    """Error rate, latency and TTFT, each tested against its own bound (always guardrails)."""
+    errors = metrics.get("error_rate") or {}
+    rows = [
+        f"<tr><td>Error rate</td><td class=num>{_fmt(errors.get('champion'), 'pct')} → "
+        f"{_fmt(errors.get('challenger'), 'pct')} "
+        f"<span class=muted>({_fmt(errors.get('difference'), 'pts')})</span></td>"
+        f"<td>{_error_bound(errors)}</td><td>—</td>"
+        f"<td class=num>{_fmt(errors.get('p_above_bound'), 'p')}</td>"
+        f"<td class=muted>fixed-horizon p (no difference) {_fmt(errors.get('p_value'), 'p')}</td>"
+        "</tr>"
+    ]
+    for key, title in (("latency", "Latency p95"), ("ttft", "Time to first token p95")):
+        m = metrics.get(key) or {}
+        bound = m.get("bound")
+        threshold = (
+            f"{_fmt(m.get('threshold_ms'))} ms <span class=muted>(champion "
+            f"{_fmt(m.get('champion_exceed'), 'pct')} above it, challenger "
+            f"{_fmt(m.get('challenger_exceed'), 'pct')} above {_fmt(bound, 'ratio')} it)</span>"
+        )
+        rows.append(
+            f"<tr><td>{title}</td><td class=num>{_fmt(m.get('champion_p95'))} → "
+            f"{_fmt(m.get('challenger_p95'))} ms <span class=muted>(ratio "
+            f"{_fmt(m.get('p95_ratio'), 'ratio')})</span></td>"
+            f"<td>ratio ≤ {_fmt(bound, 'ratio')}</td><td>{threshold}</td>"
+            f"<td class=num>{_fmt(m.get('p_above_bound'), 'p')}</td>"
+            f"<td class=muted>shift {_fmt(m.get('hodges_lehmann_ms'))} ms (Hodges-Lehmann), "
+            f"Mann-Whitney p {_fmt(m.get('mann_whitney_p'), 'p')}</td></tr>"
+        )
+    head = (
+        "<tr><th>guardrail</th><th>champion → challenger</th><th>bound</th><th>threshold</th>"
+        "<th>p above bound</th><th>descriptive</th></tr>"
+    )
+    note = (
+        "<p class=muted>p above bound: the running minimum of the one-sided always-valid p "
+        'of "within the bound"; below alpha the challenger is shown past it and rolls back '
+        "whatever the primary metric says. The "
+        "latency test compares the shares of requests above a threshold (failures count as "
+        "the slowest); the descriptive columns are not used by the policy.</p>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>{note}"
 
 
 def _arms_table(arms: Mapping[str, Any]) -> str:
@@ -231,11 +362,13 @@ def _pair_of_counts(counts: Mapping[str, Any]) -> str:
 
 
 def _traffic_table(traffic: Sequence[Mapping[str, Any]]) -> str:
-    """Requests and units per arm in each stage, with the stage's own SRM test."""
+    """Requests and units per arm in each phase (or stage), with its own SRM test."""
+    phased = any("phase" in s for s in traffic)
     head = (
-        "<tr><th>stage</th><th>challenger weight</th><th>from</th><th>to</th>"
+        ("<tr><th>phase</th>" if phased else "<tr>")
+        + "<th>stage</th><th>challenger weight</th><th>from</th><th>to</th>"
         "<th>requests (champion / challenger)</th><th>units (champion / challenger)</th>"
-        "<th>challenger share of units</th><th>SRM p</th></tr>"
+        "<th>challenger share of units</th><th>SRM p (these units)</th></tr>"
     )
     rows = []
     for s in traffic:
@@ -248,8 +381,10 @@ def _traffic_table(traffic: Sequence[Mapping[str, Any]]) -> str:
             {"champion": 100 - percent, "challenger": percent},
         )
         flag = " <b>mismatch</b>" if srm.mismatch else ""
+        status = f" <span class=muted>{_fmt(s['status'])}</span>" if s.get("status") else ""
+        first = f"<td>{_fmt(s.get('phase'))}{status}</td>" if phased else ""
         rows.append(
-            f"<tr><td>{_fmt(s.get('stage'))}</td><td class=num>{percent:g}%</td>"
+            f"<tr>{first}<td>{_fmt(s.get('stage'))}</td><td class=num>{percent:g}%</td>"
             f"<td>{_fmt(s.get('started_at'))}</td><td>{_fmt(s.get('ended_at') or 'now')}</td>"
             f"<td class=num>{_pair_of_counts(requests)}</td>"
             f"<td class=num>{_pair_of_counts(units)}</td>"
@@ -274,6 +409,7 @@ def _section(title: str, content: str) -> str:
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole report as one HTML document (keys of ``report`` in the module docstring)."""
     analysis = report.get("analysis") or {}
+    metrics = analysis.get("metrics") or {}
     recommended = analysis.get("decision") or {}
     final = report.get("final_decision") or None
     decision = final or recommended
@@ -312,7 +448,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<section><h2>Decision</h2><span class=badge style='background:{colour}'>"
         f"{html.escape(action)}</span><ul class=reasons>{reasons}</ul>{notes}</section>",
         f"<section><h2>Arms</h2>{_arms_table(analysis.get('arms') or {})}</section>",
-        f"<section><h2>Metrics</h2>{_metric_rows(analysis.get('metrics') or {})}</section>",
+        _section("Metrics", _metrics_table(metrics)),
+        _section("Primary metric by phase", _phases_table(metrics)),
+        _section("Guardrails", _guardrails_table(metrics)),
     ]
     if report.get("timeline"):
         parts.append(_section("Thumbs-up rate over time", _timeline_plot(report["timeline"])))
@@ -323,7 +461,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     ]
     if plots:
         parts.append(f"<section><h2>Latency</h2><div class=grid>{''.join(plots)}</div></section>")
-    votes = (analysis.get("metrics") or {}).get("votes") or {}
+    votes = metrics.get("votes") or {}
     parts.append(
         f"<section><h2>Votes and Bradley-Terry ratings</h2>"
         f"{_votes_plot(votes, report.get('bradley_terry_ci'))}</section>"
@@ -331,12 +469,16 @@ def render_html(report: Mapping[str, Any]) -> str:
     grid = []
     traffic = report.get("traffic") or []
     if traffic:
-        labels = [f"{s.get('stage')}: {float(s.get('challenger_percent', 0)):g}%" for s in traffic]
+        labels = [
+            ("" if s.get("phase") is None else f"phase {s['phase']}, ")
+            + f"stage {s.get('stage')}: {float(s.get('challenger_percent', 0)):g}%"
+            for s in traffic
+        ]
         for key in ("requests", "units"):
             series = {
                 arm: [float((s.get(key) or {}).get(arm) or 0) for s in traffic] for arm in COLOURS
             }
-            grid.append(_bars_plot(labels, series, f"{key} per stage"))
+            grid.append(_bars_plot(labels, series, key))
     srm = analysis.get("srm") or {}
     detail = report.get("srm_detail") or {}
     if detail.get("observed") and detail.get("expected"):
@@ -354,8 +496,12 @@ def render_html(report: Mapping[str, Any]) -> str:
     verdict = (
         "<b>MISMATCH</b>: assignment or logging is broken" if srm.get("mismatch") else "no mismatch"
     )
+    window = f", window {_fmt(srm['window'])}" if srm.get("window") is not None else ""
     srm_text = (
-        f"<p>Sample ratio mismatch test: p = {_fmt(srm.get('p_value'), 'p')} — {verdict}.</p>"
+        f"<p>Sample ratio mismatch test (anytime valid{window}): "
+        f"p = {_fmt(srm.get('p_value'), 'p')} — {verdict}. <span class=muted>The running "
+        "minimum over the looks at the current stage's units since the last halt (Lindon &amp; "
+        "Malek 2022); each row below tests that row's units alone.</span></p>"
     )
     table = _traffic_table(traffic) if traffic else ""
     parts.append(

@@ -15,7 +15,9 @@ Everything is the real product except the models and the people:
   (``x-canary-arm``);
 * after every batch of users, ``POST /v1/experiments/{id}/evaluate`` with the admin token:
   the evaluator aggregates the log in SQL, runs the policy (``auto``), and acts — new stage
-  weights, or an alias move in the registry — until the experiment ends.
+  weights, or an alias move in the registry — until the experiment ends (promoted, rolled
+  back or inconclusive) or halts (a sample ratio mismatch or broken data: an admin would
+  investigate, and there is none here).
 
 Then the report (``GET /v1/experiments/{id}/report``) is saved as HTML.
 """
@@ -38,7 +40,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from experiments.policy import Policy
-from experiments.simulation import FINAL, ArmTruth, Users
+from experiments.simulation import ArmTruth, Users
 from registry.store import Registry
 from router.app import create_app
 from router.assignment import BUCKETS, bucket_of
@@ -50,6 +52,11 @@ from router.registry_source import RegistryArmSource
 __all__ = ["Look", "SimulationConfig", "SimulationResult", "simulate"]
 
 ARMS = ("champion", "challenger")
+#: Acted decisions that end the experiment (its status is final after them).
+ENDING = ("promote", "rollback", "inconclusive")
+#: Acted decisions that end the run: the endings, and a halt (the experiment stays live,
+#: halted, until an admin resumes or rolls it back; nobody will here).
+STOPPING = (*ENDING, "halt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +114,11 @@ class Look:
 @dataclass(frozen=True, slots=True)
 class SimulationResult:
     experiment_id: str
-    action: str  # the deciding action, or "continue" when max_units came first
+    #: The acted decision that stopped the run (one of :data:`STOPPING`), or "continue"
+    #: when ``max_units`` came first.
+    action: str
     reasons: tuple[str, ...]
-    status: str  # the experiment's final status
+    status: str  # the experiment's status at the end of the run
     looks: tuple[Look, ...]
     units: dict[str, int]  # users per assigned arm
     requests: dict[str, int]  # logged requests per arm (the router's count)
@@ -119,7 +128,13 @@ class SimulationResult:
 
     @property
     def decided(self) -> bool:
-        return self.action in FINAL
+        """Whether the experiment ended: promoted, rolled back or inconclusive."""
+        return self.action in ENDING
+
+    @property
+    def halted(self) -> bool:
+        """Whether the run stopped on a halt (the experiment waits for an admin)."""
+        return self.action == "halt"
 
 
 @asynccontextmanager
@@ -301,7 +316,7 @@ async def _run_experiment(
         progress(look)
         if look.acted and look.action == "advance":
             stage = min(stage + 1, len(policy.stages) - 1)
-        if look.acted and look.action in FINAL:
+        if look.acted and look.action in STOPPING:
             break
     return exp_id, looks, units, decision
 
@@ -362,7 +377,7 @@ async def simulate(
     last = looks[-1] if looks else None
     return SimulationResult(
         experiment_id=exp_id,
-        action=last.action if last and last.acted and last.action in FINAL else "continue",
+        action=last.action if last and last.acted and last.action in STOPPING else "continue",
         reasons=tuple(decision["reasons"]),
         status=experiment["status"],
         looks=tuple(looks),

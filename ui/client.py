@@ -114,6 +114,16 @@ def _error_message(response: httpx.Response) -> tuple[str, str | None]:
     return f"The router answered {response.status_code} {reason}.", None
 
 
+def _action_body(force: bool, reason: str | None) -> dict[str, Any] | None:
+    """The optional ``{"force", "reason"}`` of an admin action; None when neither is set."""
+    body: dict[str, Any] = {}
+    if force:
+        body["force"] = True
+    if reason and reason.strip():
+        body["reason"] = reason.strip()
+    return body or None
+
+
 class RouterClient:
     """Async client of one router's HTTP API.
 
@@ -363,20 +373,39 @@ class RouterClient:
         token: str | None,
         stages: Sequence[float] | None = None,
         auto: bool | None = None,
+        force: bool = False,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """``POST /v1/experiments`` (admin)."""
+        """``POST /v1/experiments`` (admin). ``force`` starts one for a challenger version
+        that was rolled back or ended inconclusive before (409 ``version_rejected``
+        without it); ``reason`` is recorded with the start."""
         body: dict[str, Any] = {"route": route}
         if stages:
             body["stages"] = list(stages)
         if auto is not None:
             body["policy"] = {"auto": auto}
+        body.update(_action_body(force, reason) or {})
         return dict(await self._json("POST", "/v1/experiments", json=body, token=token))
 
-    async def act(self, experiment_id: str, action: str, *, token: str | None) -> dict[str, Any]:
+    async def act(
+        self,
+        experiment_id: str,
+        action: str,
+        *,
+        token: str | None,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
         """``POST /v1/experiments/{id}/{action}`` (admin): evaluate, promote, rollback,
-        pause or resume; the answer is the decision recorded."""
+        advance, pause or resume; the answer is the decision recorded.
+
+        ``force`` promotes although the data do not back it (409
+        ``promotion_not_supported_by_data`` without it); ``reason`` is recorded with the
+        decision. ``evaluate`` asks the policy and takes neither.
+        """
         path = f"/v1/experiments/{experiment_id}/{action}"
-        return dict(await self._json("POST", path, token=token))
+        body = None if action == "evaluate" else _action_body(force, reason)
+        return dict(await self._json("POST", path, json=body, token=token))
 
     async def check_admin_token(self, token: str) -> None:
         """Raise :class:`RouterError` (``unauthorised``) unless the router accepts ``token``.

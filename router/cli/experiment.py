@@ -1,4 +1,9 @@
-"""``canary experiment ...``: drive experiments through a running router's HTTP API."""
+"""``canary experiment ...``: drive experiments through a running router's HTTP API.
+
+Admin actions take ``--reason`` (recorded with the decision) and ``--force``: promote
+although the data do not back it, or start an experiment for a challenger version that
+was rolled back or ended inconclusive before. Both are recorded.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,14 @@ from typing import Any
 
 import httpx
 
+#: Actions on an experiment that go to ``POST /v1/experiments/{id}/{action}``.
+ACTIONS = ("evaluate", "promote", "rollback", "advance", "pause", "resume")
+#: Refusals ``--force`` overrides: the router's error code -> what to do here.
+FORCEABLE = {
+    "promotion_not_supported_by_data": "add --force (and --reason) to promote anyway",
+    "version_rejected": "add --force (and --reason) to start it anyway",
+}
+
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> httpx.Response:
     token = args.token or os.environ.get("CANARY_ADMIN_TOKEN")
@@ -20,12 +33,39 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> ht
     )
 
 
+def _action_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.force:
+        body["force"] = True
+    if args.reason:
+        body["reason"] = args.reason
+    return body
+
+
 def _run(args: argparse.Namespace) -> int:
+    if not args.target and args.action != "status":
+        what = "a route" if args.action == "start" else "an experiment id"
+        print(f"canary experiment: error: {args.action} needs {what}", file=sys.stderr)
+        return 2
+    if args.force and args.action not in ("start", "promote"):
+        print("canary experiment: error: --force applies to start and promote", file=sys.stderr)
+        return 2
+    if args.reason and args.action in ("status", "report", "evaluate"):
+        print(f"canary experiment: error: {args.action} takes no --reason", file=sys.stderr)
+        return 2
     try:
         if args.action == "start":
-            body: dict[str, Any] = {"route": args.target}
+            body: dict[str, Any] = {"route": args.target, **_action_body(args)}
             if args.stages:
-                body["stages"] = [float(s) for s in args.stages.split(",")]
+                try:
+                    body["stages"] = [float(s) for s in args.stages.split(",")]
+                except ValueError:
+                    print(
+                        f"canary experiment: error: --stages takes percents like 5,25,50, "
+                        f"got {args.stages!r}",
+                        file=sys.stderr,
+                    )
+                    return 2
             if args.auto is not None:
                 body["policy"] = {"auto": args.auto}
             response = _call(args, "POST", "/v1/experiments", json=body)
@@ -40,30 +80,35 @@ def _run(args: argparse.Namespace) -> int:
                 print(out)
                 return 0
         else:
-            response = _call(args, "POST", f"/v1/experiments/{args.target}/{args.action}")
+            path = f"/v1/experiments/{args.target}/{args.action}"
+            response = _call(args, "POST", path, json=_action_body(args) or None)
     except httpx.HTTPError as exc:
         print(
             f"canary experiment: error: router at {args.router} unreachable: {exc}", file=sys.stderr
         )
         return 2
     if response.status_code >= 400:
+        code = None
         try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
+            error = response.json()["error"]
+            message, code = error["message"], error.get("code")
+        except (ValueError, KeyError, TypeError, AttributeError):
             message = response.text[:200]
-        print(f"canary experiment: error: HTTP {response.status_code}: {message}", file=sys.stderr)
+        status = f"HTTP {response.status_code}" + (f" ({code})" if code else "")
+        print(f"canary experiment: error: {status}: {message}", file=sys.stderr)
+        if code in FORCEABLE:
+            print(f"canary experiment: {FORCEABLE[code]}", file=sys.stderr)
         return 2
     print(json.dumps(response.json(), indent=2, default=str))
     return 0
 
 
 def add_experiment_commands(subparsers: Any) -> None:
-    """``canary experiment start|status|evaluate|promote|rollback|pause|resume|report``."""
-    p = subparsers.add_parser("experiment", help="start, inspect and act on canary experiments")
-    p.add_argument(
-        "action",
-        choices=["start", "status", "evaluate", "promote", "rollback", "pause", "resume", "report"],
+    """``canary experiment start|status|evaluate|promote|rollback|advance|pause|resume|report``."""
+    p = subparsers.add_parser(
+        "experiment", help="start, inspect and act on canary experiments", description=__doc__
     )
+    p.add_argument("action", choices=["start", "status", *ACTIONS, "report"])
     p.add_argument("target", nargs="?", help="route (start) or experiment id (the others)")
     p.add_argument("--router", default=os.environ.get("CANARY_ROUTER", "http://127.0.0.1:8000"))
     p.add_argument("--token", help="admin token (default: CANARY_ADMIN_TOKEN)")
@@ -74,5 +119,12 @@ def add_experiment_commands(subparsers: Any) -> None:
         default=None,
         help="act on decisions automatically (start)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote although the data do not back it, or start an experiment for a "
+        "challenger version rejected before (recorded; promote, start)",
+    )
+    p.add_argument("--reason", help="why, recorded with the action (start and the actions)")
     p.add_argument("--out", help="where the HTML report goes (report)")
     p.set_defaults(func=_run)

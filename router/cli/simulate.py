@@ -1,5 +1,8 @@
 """``canary simulate``: a canary end to end on fake models and synthetic users (see
-``router.simulate``); prints each look, the decision, the aliases after and the report."""
+``router.simulate``); prints each look, the decision, the aliases after and the report.
+
+Exit status 0 when the experiment ended (promoted, rolled back or inconclusive), 1 when it
+halted or ``--max-units`` came first, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -45,8 +48,8 @@ def _run(args: argparse.Namespace) -> int:
         users = Users(args.requests_per_user, args.rated_share)
         policy: dict[str, Any] = {
             "min_units": args.min_units,
-            "min_rated": args.min_rated,
-            "min_guardrail_requests": args.min_units,
+            "min_rated_units": args.min_rated_units,
+            "min_guardrail_units": args.min_units,
         }
         config = SimulationConfig(
             champion=champion,
@@ -87,6 +90,11 @@ def _run(args: argparse.Namespace) -> int:
     print()
     if result.decided:
         print(f"decision: {result.action} (experiment {result.experiment_id}, {result.status})")
+    elif result.halted:
+        print(
+            f"decision: halt (experiment {result.experiment_id} {result.status}: an admin would "
+            "investigate, then resume or roll back)"
+        )
     else:
         print(f"decision: none within {args.max_units} users (experiment still {result.status})")
     for reason in result.reasons:
@@ -135,7 +143,14 @@ def add_simulate_command(subparsers: Any) -> None:
         "--stages", type=_percent_list, default=(20.0, 50.0), help="challenger %% (20,50)"
     )
     pol.add_argument("--min-units", type=int, default=100, help="units per arm per stage (100)")
-    pol.add_argument("--min-rated", type=int, default=100, help="rated requests per arm (100)")
+    pol.add_argument(
+        "--min-rated-units",
+        "--min-rated",  # its name before the policy counted rated units, not requests
+        dest="min_rated_units",
+        type=int,
+        default=100,
+        help="rated units per arm before the thumbs tests run (100)",
+    )
     p.add_argument("--out", default="canary-simulation", help="report directory")
     p.add_argument(
         "--data-dir",

@@ -11,7 +11,7 @@ RATE_KEYS = {"champion", "challenger", "difference", "ci", "p_value", *SEQUENTIA
 RATE_KEYS |= {"prob_challenger_better", "expected_loss", "shrunk_difference", "phases"}
 LATENCY_KEYS = {"champion_p50", "challenger_p50", "champion_p95", "challenger_p95", "p95_ratio"}
 LATENCY_KEYS |= {"bound", "threshold_ms", "champion_exceed", "challenger_exceed", "p_above_bound"}
-LATENCY_KEYS |= {"mann_whitney_p", "hodges_lehmann_ms"}
+LATENCY_KEYS |= {"mann_whitney_p", "hodges_lehmann_ms", "role"}
 ARM_KEYS = {"requests", "units", "errors", "thumbs_up", "thumbs_down", "votes"}
 ARM_KEYS |= {"latency_p50_ms", "latency_p95_ms"}
 VOTE_KEYS = {"role", "challenger_wins", "champion_wins", "ties", "both_bad", "voters"}
@@ -25,7 +25,12 @@ def _check_shape(data: dict[str, Any]) -> None:
     metrics = data["metrics"]
     assert set(metrics) == {"thumbs_up_rate", "error_rate", "latency", "ttft", "votes"}
     assert set(metrics["thumbs_up_rate"]) == RATE_KEYS | {"role"}
-    assert set(metrics["error_rate"]) == RATE_KEYS | {"bound", "bound_type", "p_above_bound"}
+    assert set(metrics["error_rate"]) == RATE_KEYS | {
+        "role",
+        "bound",
+        "bound_type",
+        "p_above_bound",
+    }
     assert set(metrics["latency"]) == set(metrics["ttft"]) == LATENCY_KEYS
     assert set(metrics["votes"]) == VOTE_KEYS
     assert set(metrics["votes"]["bradley_terry"]) == {"champion", "challenger"}
@@ -58,6 +63,11 @@ def test_to_dict_has_the_api_shape_with_values() -> None:
     assert isinstance(thumbs["ci"], list)
     assert data["metrics"]["votes"]["win_rate"] == 70 / 120
     assert data["decision"]["action"] == "advance"
+    # An error rate that goes up is worse: p_worse is the evidence of more errors.
+    more_errors = arm(error_rate=0.05, seed=2)
+    errors = analyse(champion, more_errors, votes, Policy(), look(champion, more_errors))
+    error_rate = errors.to_dict()["metrics"]["error_rate"]
+    assert error_rate["p_worse"] < 1e-6 and error_rate["p_better"] == 1.0
 
 
 def test_empty_experiment_is_json_safe_and_continues() -> None:

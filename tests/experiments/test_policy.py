@@ -301,12 +301,14 @@ def test_policy_round_trip_and_validation() -> None:
 
 def test_policies_stored_by_earlier_versions_load() -> None:
     old = {
+        "min_guardrail_requests": 80,
         "min_rated": 50,
         "srm_threshold": 0.0005,
         "latency_alpha": 0.001,
         "primary_metric": "both",
     }
     policy = Policy.from_dict(old)
+    assert policy.min_guardrail_units == 80
     assert (policy.min_rated_units, policy.srm_alpha, policy.primary_metric) == (
         50,
         0.0005,

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium: the router's main job serves ``/ui``; a person
 plays an arena round with a follow-up, votes, sees the reveal, chats with thumbs, watches
-the dashboard and acts on an experiment. Screenshots of every tab land in ``artifacts/screenshots``.
+the dashboard and acts on an experiment (a forced promotion with its reason). Screenshots
+of every tab land in ``artifacts/screenshots``.
 """
 
 from __future__ import annotations
@@ -146,9 +147,27 @@ def test_a_person_uses_every_tab(page: Page, served: Running) -> None:
     page.click("#exp-evaluate")
     expect(page.locator("#exp-admin-message")).to_contain_text("Evaluated: decision continue")
     expect(page.locator("#exp-history")).to_contain_text("continue")
+    expect(page.locator("#exp-analysis")).to_contain_text("p (better, at this look)")
+    expect(page.locator("#exp-advance")).to_be_visible()
     page.get_by_text("Promotion report").click()
     report = page.frame_locator("#exp-report iframe")
     expect(report.get_by_text("Canary report: chat")).to_be_visible()
     _shot(page, "experiments")
     [experiment] = httpx.get(f"{url}/v1/experiments").json()
     assert experiment["status"] == "running" and experiment["stages"] == [5, 25, 50]
+
+    # A promote the data do not back is refused until "Force" is ticked; then the
+    # reason is recorded and the one-shot "Force" clears itself.
+    page.click("#exp-promote")
+    expect(page.locator("#exp-admin-message")).to_contain_text("the data do not back it")
+    _type(page, "#exp-reason textarea", "Reviewed by hand.")
+    page.locator("#exp-force input").check()
+    page.click("#exp-promote")
+    expect(page.locator("#exp-admin-message")).to_contain_text("Promoted")
+    expect(page.locator("#exp-summary")).to_contain_text("promoted")
+    expect(page.locator("#exp-force input")).not_to_be_checked()
+    expect(page.locator("#exp-reason textarea")).to_have_value("")
+    [experiment] = httpx.get(f"{url}/v1/experiments").json()
+    assert experiment["status"] == "promoted"
+    [*_, forced] = httpx.get(f"{url}/v1/experiments/{experiment['id']}/decisions").json()
+    assert "reason: Reviewed by hand." in forced["reasons"]

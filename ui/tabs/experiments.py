@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from ui.client import RouterClient, RouterError
-from ui.render import notice
+from ui.render import Tone, notice
 from ui.tabs.experiments_html import (
+    LIVE,
     analysis_html,
     choice,
     decision_html,
@@ -25,11 +26,13 @@ from ui.tabs.experiments_html import (
     summary_html,
 )
 
-#: The admin buttons: action -> label. ``evaluate`` asks the policy; the rest force it.
+#: The admin buttons: action -> label. ``evaluate`` asks the policy; the rest act whatever
+#: it says (a promote only with the data behind it, or with "force").
 ACTIONS = {
     "evaluate": "Evaluate now",
     "pause": "Pause",
     "resume": "Resume",
+    "advance": "Advance stage",
     "promote": "Promote challenger",
     "rollback": "Roll back",
 }
@@ -37,10 +40,42 @@ DONE = {
     "evaluate": "Evaluated",
     "pause": "Paused",
     "resume": "Resumed",
+    "advance": "Advanced",
     "promote": "Promoted",
     "rollback": "Rolled back",
 }
+#: The router's refusals that "force" overrides: code -> (title, what to do here).
+FORCEABLE = {
+    "promotion_not_supported_by_data": (
+        "Not promoted: the data do not back it.",
+        'To promote anyway, tick "Force", give a reason, and click Promote again '
+        "(both are recorded).",
+    ),
+    "version_rejected": (
+        "Not started: this challenger version was rejected before.",
+        'To test it again, tick "Force", give a reason, and click Start again (both are recorded).',
+    ),
+}
 NO_EXPERIMENT = "No experiment on this route yet. Sign in as admin below to start one."
+#: A note on the status line per status that needs one.
+STATUS_NOTES: dict[str, tuple[str, Tone]] = {
+    "halted": (
+        "Halted: the challenger gets no traffic. A sample ratio mismatch or broken data "
+        "stopped the experiment (reasons below). Investigate assignment and logging, then "
+        "Resume, or Roll back.",
+        "error",
+    ),
+    "paused": ("Paused: the challenger gets no traffic until you resume.", "warning"),
+    "inconclusive": (
+        "Ended inconclusive: no conclusion within the policy's units or days; the champion "
+        'keeps all traffic. Starting again with this challenger version needs "Force".',
+        "info",
+    ),
+    "rolled_back": (
+        'Rolled back. Starting again with this challenger version needs "Force".',
+        "info",
+    ),
+}
 
 
 class ExperimentView(NamedTuple):
@@ -52,6 +87,15 @@ class ExperimentView(NamedTuple):
     analysis: str
     history: str
     status: str
+
+
+class AdminResult(NamedTuple):
+    """What an admin action (start or an action button) answers."""
+
+    message: str
+    view: ExperimentView
+    #: Whether the router did it: then the one-shot "force" and the reason are cleared.
+    ok: bool = False
 
 
 class AdminView(NamedTuple):
@@ -98,19 +142,23 @@ async def show(client: RouterClient, experiment_id: str | None) -> ExperimentVie
         failed = notice(exc.message, "error", title="The experiment could not be loaded.")
         return ExperimentView(gr.update(), "", "", "", "", failed)
     analysis = exp.get("analysis") or {}
-    live = exp["status"] in ("running", "paused")
-    if live:
+    status = exp["status"]
+    live = status in LIVE
+    last = next((d for d in reversed(decisions) if d.get("acted")), None)
+    if status == "halted":  # why it halted; the policy's view now starts a fresh SRM window
+        decision = decision_html(last, title="Halted")
+    elif live:
         decision = decision_html(analysis.get("decision"), title="Policy says now")
     else:
-        last = next((d for d in reversed(decisions) if d.get("acted")), None)
-        decision = decision_html(last, title=f"Ended ({exp['status'].replace('_', ' ')})")
+        decision = decision_html(last, title=f"Ended ({status.replace('_', ' ')})")
+    note = STATUS_NOTES.get(status)
     return ExperimentView(
         gr.update(),
         summary_html(exp),
         decision,
-        analysis_html(analysis if live else None),
+        analysis_html(analysis if live else None, exp.get("policy")),
         history_html(decisions),
-        "",
+        notice(*note) if note else "",
     )
 
 
@@ -163,26 +211,47 @@ def _stages(text: str) -> list[float] | None:
     return [float(p.rstrip("%")) for p in parts]
 
 
+def _refused(exc: RouterError, title: str) -> str:
+    """The router's refusal as an error notice; one that "force" overrides says how."""
+    forceable = FORCEABLE.get(exc.code or "")
+    if forceable is None:
+        return notice(exc.message, "error", title=title)
+    title, hint = forceable
+    return notice(f"{exc.message} {hint}", "error", title=title)
+
+
 async def start(
-    client: RouterClient, token: str | None, route: str | None, stages_text: str, auto: bool
-) -> tuple[str, ExperimentView]:
-    """Start an experiment on ``route``; returns the admin message and the refreshed view."""
+    client: RouterClient,
+    token: str | None,
+    route: str | None,
+    stages_text: str,
+    auto: bool,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+) -> AdminResult:
+    """Start an experiment on ``route`` (``force``: even for a challenger version rejected
+    before; ``reason`` is recorded); the admin message and the refreshed view."""
     if not token:
-        return notice("Sign in as admin first.", "warning"), await overview(client, route)
+        return AdminResult(
+            notice("Sign in as admin first.", "warning"), await overview(client, route)
+        )
     if not route:
-        return notice("Pick a route first.", "warning"), await overview(client, route)
+        return AdminResult(notice("Pick a route first.", "warning"), await overview(client, route))
     try:
         stages = _stages(stages_text or "")
     except ValueError:
         message = notice("Stages are challenger percentages, e.g. 5, 25, 50.", "warning")
-        return message, await overview(client, route)
+        return AdminResult(message, await overview(client, route))
     try:
-        exp = await client.start_experiment(route, token=token, stages=stages, auto=auto)
+        exp = await client.start_experiment(
+            route, token=token, stages=stages, auto=auto, force=force, reason=reason
+        )
     except RouterError as exc:
-        failed = notice(exc.message, "error", title="Not started.")
-        return failed, await overview(client, route)
-    message = notice(f"Started {exp['id']} on {route}.", "success")
-    return message, await overview(client, route, exp["id"])
+        return AdminResult(_refused(exc, "Not started."), await overview(client, route))
+    forced = " (forced)" if force else ""
+    message = notice(f"Started {exp['id']} on {route}{forced}.", "success")
+    return AdminResult(message, await overview(client, route, exp["id"]), ok=True)
 
 
 async def act(
@@ -191,24 +260,35 @@ async def act(
     route: str | None,
     experiment_id: str | None,
     action: str,
-) -> tuple[str, ExperimentView]:
-    """Evaluate, pause, resume, promote or roll back the chosen experiment."""
+    *,
+    force: bool = False,
+    reason: str | None = None,
+) -> AdminResult:
+    """Evaluate, pause, resume, advance, promote or roll back the chosen experiment.
+
+    ``force`` applies to promote only (against the data); ``reason`` is recorded with
+    every action but evaluate (which asks the policy and records its own reasons).
+    """
     if not token:
-        return notice("Sign in as admin first.", "warning"), await overview(client, route)
+        return AdminResult(
+            notice("Sign in as admin first.", "warning"), await overview(client, route)
+        )
     if not experiment_id:
         message = notice("Choose an experiment first.", "warning")
-        return message, await overview(client, route)
+        return AdminResult(message, await overview(client, route))
+    forced = force and action == "promote"
     try:
-        decision = await client.act(experiment_id, action, token=token)
+        decision = await client.act(experiment_id, action, token=token, force=forced, reason=reason)
     except RouterError as exc:
-        failed = notice(exc.message, "error", title=f"{ACTIONS[action]} failed.")
-        return failed, await overview(client, route, experiment_id)
+        failed = _refused(exc, f"{ACTIONS[action]} failed.")
+        return AdminResult(failed, await overview(client, route, experiment_id))
     acted = "acted on" if decision.get("acted") else "recommended only (manual mode)"
     reasons = join_reasons(decision.get("reasons") or ())
     text = f"{DONE[action]}: decision {decision.get('action')}, {acted}."
     if reasons:
         text += f" Reasons: {reasons}"
-    return notice(text, "success"), await overview(client, route, experiment_id)
+    view = await overview(client, route, experiment_id)
+    return AdminResult(notice(text, "success"), view, ok=True)
 
 
 def add_experiments_tab(
@@ -226,9 +306,8 @@ def add_experiments_tab(
     status = gr.HTML(elem_id="exp-status")
     summary = gr.HTML(elem_id="exp-summary")
     decision = gr.HTML(elem_id="exp-decision")
-    with gr.Row(equal_height=False):
-        analysis = gr.HTML(elem_id="exp-analysis", scale=1)
-        history = gr.HTML(elem_id="exp-history", scale=1)
+    analysis = gr.HTML(elem_id="exp-analysis")
+    history = gr.HTML(elem_id="exp-history")
     with gr.Accordion("Promotion report", open=False, elem_id="exp-report-box"):
         with gr.Row():
             gr.HTML(
@@ -247,7 +326,8 @@ def add_experiments_tab(
     with gr.Column(elem_classes="cr-admin"):
         gr.HTML(
             '<div class="cr-section">Admin</div><div class="cr-muted">Starting, evaluating, '
-            "pausing, promoting and rolling back need the router's admin token.</div>"
+            "pausing, advancing, promoting and rolling back need the router's admin token. "
+            "Each action is recorded with its reason.</div>"
         )
         signed_in = bool(client.admin_token)
         with gr.Row(visible=not signed_in, elem_classes="cr-toolbar") as signed_out_row:
@@ -279,6 +359,20 @@ def add_experiments_tab(
                     scale=0,
                     min_width=170,
                     elem_id="exp-start",
+                )
+            with gr.Row(elem_classes="cr-toolbar"):
+                reason = gr.Textbox(
+                    label="Reason (optional, recorded with the action)",
+                    max_length=1000,
+                    scale=4,
+                    elem_id="exp-reason",
+                )
+                force = gr.Checkbox(
+                    label="Force (promote against the data, or restart a rejected version)",
+                    value=False,
+                    scale=2,
+                    min_width=220,
+                    elem_id="exp-force",
                 )
             with gr.Row(elem_classes="cr-actions"):
                 buttons = {
@@ -336,29 +430,50 @@ def add_experiments_tab(
     )
     sign_out_button.click(sign_out, outputs=admin_outputs, api_visibility="private")
 
-    async def on_start(
-        secret: str | None, route_name: str | None, stages_text: str, automatic: bool
-    ) -> tuple[Any, ...]:
-        message, view = await start(client, secret, route_name, stages_text, automatic)
-        return (message, *view)
+    def form(clear: bool) -> tuple[Any, Any]:
+        """Updates of "force" and the reason: "force" is one-shot, cleared (with the reason)
+        once an action that used it is done. Fresh each time: Gradio edits updates in place."""
+        if clear:
+            return gr.update(value=False), gr.update(value="")
+        return gr.update(), gr.update()
 
+    async def on_start(
+        secret: str | None,
+        route_name: str | None,
+        stages_text: str,
+        automatic: bool,
+        forced: bool,
+        why: str,
+    ) -> tuple[Any, ...]:
+        done = await start(
+            client, secret, route_name, stages_text, automatic, force=forced, reason=why
+        )
+        return (done.message, *form(done.ok), *done.view)
+
+    form_outputs = [admin_message, force, reason, *view_outputs]
     start_button.click(
         on_start,
-        inputs=[token, route, stages, auto],
-        outputs=[admin_message, *view_outputs],
+        inputs=[token, route, stages, auto, force, reason],
+        outputs=form_outputs,
         api_visibility="private",
     ).then(on_report, inputs=picker, outputs=report_outputs, api_visibility="private")
     for action, button in buttons.items():
 
         async def on_act(
-            secret: str | None, route_name: str | None, chosen: str | None, name: str = action
+            secret: str | None,
+            route_name: str | None,
+            chosen: str | None,
+            forced: bool,
+            why: str,
+            name: str = action,
         ) -> tuple[Any, ...]:
-            message, view = await act(client, secret, route_name, chosen, name)
-            return (message, *view)
+            done = await act(client, secret, route_name, chosen, name, force=forced, reason=why)
+            # Evaluate takes neither force nor a reason: they stay for the next action.
+            return (done.message, *form(done.ok and name != "evaluate"), *done.view)
 
         button.click(
             on_act,
-            inputs=[token, route, picker],
-            outputs=[admin_message, *view_outputs],
+            inputs=[token, route, picker, force, reason],
+            outputs=form_outputs,
             api_visibility="private",
         ).then(on_report, inputs=picker, outputs=report_outputs, api_visibility="private")
