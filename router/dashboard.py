@@ -99,8 +99,9 @@ def build(
 
 
 def _arm(arm: Arm, stats_: ArmStats, tokens_per_s: float | None) -> DashboardArm:
-    errors = int(stats_.errors.sum_x)
-    ups, rated = int(stats_.thumbs.sum_x), int(stats_.thumbs.sum_y)
+    errors = int(stats_.errors.pooled().sum_x)
+    thumbs = stats_.thumbs.pooled()
+    ups, rated = int(thumbs.sum_x), int(thumbs.sum_y)
     return DashboardArm(
         model=arm.model,
         version=arm.version,

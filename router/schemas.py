@@ -175,6 +175,20 @@ class WeightsIn(BaseModel):
     challenger: float = Field(ge=0, le=100)
 
 
+class ExperimentActionIn(BaseModel):
+    """``POST /v1/experiments/{id}/{action}`` (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(
+        default=False,
+        description="Promote although the data do not show the challenger better (recorded).",
+    )
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Why: recorded with the decision."
+    )
+
+
 class ExperimentIn(BaseModel):
     """``POST /v1/experiments``."""
 
@@ -185,6 +199,14 @@ class ExperimentIn(BaseModel):
         default=None, min_length=1, description="Challenger percent per stage, e.g. [5, 25, 50]."
     )
     policy: dict[str, Any] | None = Field(default=None, description="Decision policy overrides.")
+    force: bool = Field(
+        default=False,
+        description="Start even though this challenger version was rolled back or ended "
+        "inconclusive before (recorded).",
+    )
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Recorded with the start."
+    )
 
     @field_validator("stages")
     @classmethod

@@ -1,10 +1,18 @@
 """The evaluator: aggregates an experiment in SQL, runs the policy, records and acts.
 
-Acting means new stage weights (advance), an alias swap in the registry (promote), or
-challenger weight 0 and ``@challenger`` removed (rollback); ``halt`` stops traffic to the
-challenger and alerts. Manual mode (``policy.auto`` false) only recommends. Experiment
-state lives in the database; every router process applies it to its routes on each tick
-(``sync_routes``), so replicas agree, and one process at a time acts
+Acting means new stage weights (advance), an alias swap in the registry (promote),
+challenger weight 0 and ``@challenger`` removed (rollback), or challenger weight 0 with the
+registry untouched (inconclusive: the experiment ran out of units or days). ``halt`` stops
+traffic to the challenger and alerts, in manual mode too; a halted experiment stays live
+until an admin resumes it (after investigating) or rolls it back. Otherwise manual mode
+(``policy.auto`` false) only recommends, and an admin acts by hand.
+
+Every traffic change (start, advance, pause, resume, halt) appends a **phase** to the
+experiment (``store.new_phase``): the statistics count only rows of running phases,
+stratified by phase, so a pause or a stage change cannot bias them (``analysis.look``).
+
+Experiment state lives in the database; every router process applies it to its routes on
+each tick (``sync_routes``), so replicas agree, and one process at a time acts
 (``store.transition``).
 
 An experiment that ends leaves its promotion report in MLflow (``registry.reports``): it
@@ -24,13 +32,21 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine
 
-from experiments.analysis import Analysis, analyse
+from experiments.analysis import Analysis, Look, analyse
 from experiments.policy import Policy
 from router.assignment import BUCKETS
 from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
 from router.evaluation import reporting, store
-from router.evaluation.aggregate import aggregate_stage
-from router.evaluation.models import HALTED, LIVE, PAUSED, PROMOTED, ROLLED_BACK, RUNNING
+from router.evaluation.aggregate import aggregate_look
+from router.evaluation.models import (
+    ENDED_BY,
+    HALTED,
+    INCONCLUSIVE,
+    LIVE,
+    PAUSED,
+    ROLLED_BACK,
+    RUNNING,
+)
 from router.evaluation.webhook import Webhook
 from router.inference_log.models import utcnow
 from router.routes_table import RouteTable
@@ -42,7 +58,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Final status an acted decision leaves the experiment in.
-_ENDS = {"promote": PROMOTED, "rollback": ROLLED_BACK, "halt": HALTED}
+_ENDS = {action: status for status, action in ENDED_BY.items()}
+#: A version that ended so may not be tried again without ``force`` (a fresh alpha each
+#: time is how one restarts until it wins).
+_REJECTED = (ROLLED_BACK, INCONCLUSIVE)
+#: Operator actions: what each needs the experiment's status to be.
+ACTIONS_FROM = {
+    "promote": (RUNNING, PAUSED),
+    "rollback": LIVE,
+    "advance": (RUNNING, PAUSED),
+    "pause": (RUNNING,),
+    "resume": (PAUSED, HALTED),
+}
 #: Retry a report that failed to log after this many seconds, doubling up to the maximum.
 _RETRY_S, _MAX_RETRY_S = 30.0, 3600.0
 #: Reports rendered and logged at once by the retry loop (each runs SQL and matplotlib).
@@ -70,13 +97,37 @@ class Evaluator:
 
     # -- experiments ----------------------------------------------------------------------
     async def start(
-        self, *, route: str, stages: list[float] | None, policy: dict[str, Any] | None
+        self,
+        *,
+        route: str,
+        stages: list[float] | None,
+        policy: dict[str, Any] | None,
+        actor: str = "api",
+        force: bool = False,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """Start a canary on ``route`` at its first stage (409 if one is live)."""
+        """Start a canary on ``route`` at its first stage (409 if one is live, or when the
+        challenger version was already rejected and ``force`` is not given)."""
         r = self._routes.get(route)
         if r.challenger is None:
             raise InvalidRequest(f"Route {route!r} has no challenger to experiment with.")
         p = requested_policy(policy, stages)
+        version = r.challenger.version
+        earlier = await asyncio.to_thread(
+            store.find_experiments,
+            self._engine,
+            route=route,
+            challenger_version=version,
+            statuses=_REJECTED,
+        )
+        if earlier and not force:
+            last = earlier[0]
+            raise Conflict(
+                f"Challenger version {version!r} of route {route!r} already ended "
+                f"{last['status']} in experiment {last['id']!r}; a new experiment would test "
+                "it again with a fresh error budget. Pass force=true (recorded) to start anyway.",
+                code="version_rejected",
+            )
         row = await asyncio.to_thread(
             store.create_experiment,
             self._engine,
@@ -84,15 +135,29 @@ class Evaluator:
             stages=list(p.stages),
             policy=p.to_dict(),
             champion_version=r.champion.version,
-            challenger_version=r.challenger.version,
+            challenger_version=version,
+            actor=actor,
+            reasons=[
+                f"started by {actor}",
+                *(
+                    [
+                        f"forced: version {version!r} ended {earlier[0]['status']} in "
+                        f"{earlier[0]['id']!r}"
+                    ]
+                    if earlier
+                    else []
+                ),
+                *([f"reason: {reason}"] if reason else []),
+            ],
         )
         if row is None:
-            raise Conflict(f"An experiment is already running on route {route!r}.")
+            raise Conflict(f"An experiment is already live on route {route!r}.")
         await self.sync_routes()
         return row
 
     async def evaluate(self, experiment_id: str, *, actor: str) -> dict[str, Any]:
-        """Analyse now and record the decision; act on it when the policy is automatic."""
+        """Analyse now and record the decision; act on it when the policy is automatic
+        (a halt acts in manual mode too)."""
         started = time.perf_counter()
         decision = await asyncio.to_thread(self._evaluate, experiment_id, actor)
         seconds = time.perf_counter() - started
@@ -101,9 +166,21 @@ class Evaluator:
             self._metrics.evaluation_duration.labels(exp["route"]).observe(seconds)
         return decision
 
-    async def force(self, experiment_id: str, action: str, *, actor: str) -> dict[str, Any]:
-        """An operator's action: promote, rollback, pause or resume."""
-        decision = await asyncio.to_thread(self._force, experiment_id, action, actor)
+    async def force(
+        self,
+        experiment_id: str,
+        action: str,
+        *,
+        actor: str,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """An operator's action: promote, rollback, advance, pause or resume.
+
+        A promote needs the data to back it (the policy's decision now is advance or
+        promote) unless ``force`` is given; ``force`` and ``reason`` are recorded.
+        """
+        decision = await asyncio.to_thread(self._force, experiment_id, action, actor, force, reason)
         await self._decided(experiment_id, decision)
         return decision
 
@@ -233,9 +310,8 @@ class Evaluator:
                 if route.experiment_id is not None:  # ended here or in another process
                     route.experiment_id, route.challenger_bps = None, 0
                 continue
-            weight = exp["stages"][exp["stage_index"]] if exp["status"] == RUNNING else 0.0
             route.experiment_id = route.salt = exp["id"]  # a fresh split per experiment
-            route.challenger_bps = round(weight * BUCKETS / 100)
+            route.challenger_bps = round(store.challenger_percent(exp) * BUCKETS / 100)
 
     # -- in a worker thread -------------------------------------------------------------
     def analysis(
@@ -260,24 +336,38 @@ class Evaluator:
         """The experiment's analysis now (SQL aggregates, then the statistics); no action.
 
         ``history`` is the sequential state of the last evaluation: the always-valid
-        p-values keep their running minimum across looks. SRM and the per-stage minimums
-        count units since the current stage began (earlier stages had other weights).
+        p-values keep their running minimum across looks. Only rows of running phases
+        count; the SRM window is the current stage's running phases since the last halt.
         """
-        # The first stage is the whole experiment so far: its units are all the units.
-        stage_since = exp["stage_started_at"] if exp["stage_index"] > 0 else None
-        arms, votes, stage_units = aggregate_stage(
-            self._engine, route=exp["route"], experiment_id=exp["id"], stage_since=stage_since
+        phases = exp["phases"]
+        stage = exp["stage_index"]
+        halts = [k for k, ph in enumerate(phases) if ph["status"] == HALTED]
+        srm_since = halts[-1] + 1 if halts else 0
+        data = aggregate_look(
+            self._engine,
+            route=exp["route"],
+            experiment_id=exp["id"],
+            phases=phases,
+            stage_index=stage,
+            srm_since_phase=srm_since,
         )
-        weight = exp["stages"][exp["stage_index"]] / 100
+        percent = exp["stages"][stage]
+        elapsed = utcnow() - store.aware(exp["created_at"])
+        look = Look(
+            stage_index=stage,
+            weights={"champion": 100.0 - percent, "challenger": percent},
+            stage_units=data.stage_units,
+            srm_units=data.srm_units,
+            srm_window=f"stage {stage} from phase {srm_since}",
+            elapsed_days=elapsed.total_seconds() / 86400,
+        )
         return analyse(
-            arms["champion"],
-            arms["challenger"],
-            votes,
-            {"champion": 1 - weight, "challenger": weight},
+            data.arms["champion"],
+            data.arms["challenger"],
+            data.votes,
             Policy.from_dict(exp["policy"]),
-            exp["stage_index"],
+            look,
             (history or {}).get("sequential_state"),
-            stage_units=stage_units,
         )
 
     def _evaluate(self, experiment_id: str, actor: str) -> dict[str, Any]:
@@ -286,7 +376,8 @@ class Evaluator:
             result = self.analysis(exp, store.latest_analysis(conn, experiment_id=exp["id"]))
             action, reasons = result["decision"]["action"], result["decision"]["reasons"]
             auto = Policy.from_dict(exp["policy"]).auto
-            acted = auto and exp["status"] == RUNNING and action != "continue"
+            # A halt protects the data whoever decides: it acts in manual mode too.
+            acted = exp["status"] == RUNNING and action != "continue" and (auto or action == "halt")
             if acted:
                 self._apply(conn, exp, action, actor, "; ".join(reasons))
             return store.record_decision(
@@ -300,23 +391,45 @@ class Evaluator:
                 actor=actor,
             )
 
-    def _force(self, experiment_id: str, action: str, actor: str) -> dict[str, Any]:
+    def _force(
+        self, experiment_id: str, action: str, actor: str, force: bool, reason: str | None
+    ) -> dict[str, Any]:
         with store.transition(self._engine, experiment_id=experiment_id) as (conn, exp):
             exp = self._live(exp, experiment_id)
-            analysis: dict[str, Any] = {}
-            if action in ("pause", "resume"):
-                status = PAUSED if action == "pause" else RUNNING
-                store.update_experiment(conn, experiment_id=exp["id"], status=status)
-            else:
-                # What the data said when a person overrode the policy: the report shows it.
-                history = store.latest_analysis(conn, experiment_id=exp["id"])
-                analysis = self.analysis(exp, history)
-                self._apply(conn, exp, action, actor, f"{action} by {actor}")
+            allowed = ACTIONS_FROM.get(action)
+            if allowed is None:
+                raise InvalidRequest(f"Unknown action {action!r}.")
+            if exp["status"] not in allowed:
+                raise Conflict(
+                    f"Cannot {action} experiment {experiment_id!r}: it is {exp['status']} "
+                    f"({action} needs {' or '.join(allowed)})."
+                )
+            reasons = [f"manual {action} by {actor}"]
+            # What the data said when a person acted: the report shows it.
+            history = store.latest_analysis(conn, experiment_id=exp["id"])
+            analysis = self.analysis(exp, history)
+            said = analysis["decision"]
+            if action == "promote" and said["action"] not in ("advance", "promote"):
+                if not force:
+                    raise Conflict(
+                        "The data do not show the challenger better yet (the policy says "
+                        f"{said['action']}: {'; '.join(said['reasons'])}). "
+                        "Pass force=true (recorded) to promote anyway.",
+                        code="promotion_not_supported_by_data",
+                    )
+                reasons.append(f"forced against the policy's {said['action']}")
+            if action == "advance" and exp["stage_index"] >= len(exp["stages"]) - 1:
+                raise Conflict(
+                    f"Experiment {experiment_id!r} is at its last stage: promote or roll back."
+                )
+            if reason:
+                reasons.append(f"reason: {reason}")
+            self._apply(conn, exp, action, actor, "; ".join(reasons))
             return store.record_decision(
                 conn,
                 experiment_id=exp["id"],
                 action=action,
-                reasons=[f"manual {action} by {actor}"],
+                reasons=reasons,
                 analysis=analysis,
                 stage_index=exp["stage_index"],
                 acted=True,
@@ -331,14 +444,15 @@ class Evaluator:
         return exp
 
     def _apply(self, conn: Any, exp: dict[str, Any], action: str, actor: str, reason: str) -> None:
+        """Carry out ``action``: a new phase for a traffic change, or the end."""
+        stage = exp["stage_index"]
         if action == "advance":
-            last = len(exp["stages"]) - 1
-            store.update_experiment(
-                conn,
-                experiment_id=exp["id"],
-                stage_index=min(exp["stage_index"] + 1, last),
-                stage_started_at=utcnow(),
-            )
+            stage = min(stage + 1, len(exp["stages"]) - 1)
+        status = {"pause": PAUSED, "resume": RUNNING, "halt": HALTED}.get(action, exp["status"])
+        if action in ("advance", "pause", "resume", "halt"):
+            if action == "advance" and exp["status"] == PAUSED:
+                status = PAUSED  # the next stage starts paused; resume starts it
+            store.new_phase(conn, exp, stage_index=stage, status=status)
             return
         if action not in _ENDS:
             raise InvalidRequest(f"Unknown action {action!r}.")

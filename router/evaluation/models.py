@@ -8,17 +8,19 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Index
 from sqlmodel import Field, SQLModel
 
-#: Experiment ``status`` values; only ``running`` and ``paused`` are live.
-RUNNING, PAUSED, PROMOTED, ROLLED_BACK, HALTED = (
+#: Experiment ``status`` values. Live: ``running``, ``paused`` and ``halted`` (stopped by a
+#: sample ratio mismatch or broken data, resumable by an admin); the rest are final.
+RUNNING, PAUSED, HALTED, PROMOTED, ROLLED_BACK, INCONCLUSIVE = (
     "running",
     "paused",
+    "halted",
     "promoted",
     "rolled_back",
-    "halted",
+    "inconclusive",
 )
-LIVE = (RUNNING, PAUSED)
+LIVE = (RUNNING, PAUSED, HALTED)
 #: The acted decision that leaves an experiment in each final status.
-ENDED_BY = {PROMOTED: "promote", ROLLED_BACK: "rollback", HALTED: "halt"}
+ENDED_BY = {PROMOTED: "promote", ROLLED_BACK: "rollback", INCONCLUSIVE: "inconclusive"}
 
 
 class Experiment(SQLModel, table=True):
@@ -37,6 +39,10 @@ class Experiment(SQLModel, table=True):
     challenger_version: str = Field(max_length=64)
     #: When the current stage's weights took effect: SRM and per-stage minimums count from it.
     stage_started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: Every traffic change (start, advance, pause, resume, halt) appends a phase
+    #: ``{"stage", "status", "challenger_percent", "started_at"}`` (ISO-8601 UTC); a phase
+    #: lasts until the next starts. Only rows of running phases count (migration 0008).
+    phases: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     #: The MLflow run holding the report, once the ended experiment's report is logged.

@@ -2,7 +2,7 @@
 
 :func:`report_data` is what ``GET /v1/experiments/{id}/report.json`` returns and
 ``experiments.report.render_html`` draws: the analysis (with the stored sequential
-history), the thumbs-up timeline, traffic per stage, the decision history and, for an
+history), the thumbs-up timeline, traffic per phase, the decision history and, for an
 ended experiment, the decision that ended it. :func:`publish` renders it and logs it to
 MLflow through ``registry.reports``, then records the run id on the experiment.
 """
@@ -27,34 +27,26 @@ if TYPE_CHECKING:
     from registry.reports import ReportRun
     from registry.store import Registry
 
-__all__ = ["publish", "report_data", "run_metrics", "run_params", "stages_of"]
+__all__ = ["phases_of", "publish", "report_data", "run_metrics", "run_params"]
 
 
-def stages_of(exp: Mapping[str, Any], decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The stages the experiment went through: ``{index, challenger_percent, started_at,
-    ended_at}``, from its start and the ``advance`` decisions that were acted on.
-
-    The current stage's start is ``stage_started_at`` (set in the advance's transaction);
-    an ended experiment's last stage ends when it ended, a live one's is open (None).
-    """
-    stages = exp["stages"]
-    starts: list[tuple[int, datetime]] = [(0, _aware(exp["created_at"]))]
-    for d in decisions:
-        if d["action"] == "advance" and d["acted"]:
-            index = min(int(d["stage_index"]) + 1, len(stages) - 1)
-            if index != starts[-1][0]:
-                starts.append((index, _aware(d["created_at"])))
-    if starts[-1][0] == exp["stage_index"] and exp["stage_index"] > 0:
-        starts[-1] = (exp["stage_index"], _aware(exp["stage_started_at"]))
+def phases_of(exp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The phases the experiment went through: ``{index, stage, status, challenger_percent,
+    started_at, ended_at}``. A phase ends when the next starts; an ended experiment's last
+    phase when it ended, a live one's is open (None)."""
+    phases = exp["phases"]
     ended = None if exp["status"] in LIVE else _aware(exp["updated_at"])
+    starts = [datetime.fromisoformat(p["started_at"]) for p in phases]
     return [
         {
-            "index": index,
-            "challenger_percent": float(stages[index]),
-            "started_at": start,
-            "ended_at": starts[k + 1][1] if k + 1 < len(starts) else ended,
+            "index": k,
+            "stage": int(p["stage"]),
+            "status": p["status"],
+            "challenger_percent": float(p["challenger_percent"]),
+            "started_at": starts[k],
+            "ended_at": starts[k + 1] if k + 1 < len(starts) else ended,
         }
-        for k, (index, start) in enumerate(starts)
+        for k, p in enumerate(phases)
     ]
 
 
@@ -70,12 +62,12 @@ def report_data(engine: Engine, exp: dict[str, Any], analysis: Analysis) -> dict
         since=None,
         bucket_s=max(60.0, span_s / 60),  # about 60 points whatever the length
     )
-    stages = stages_of(exp, decisions)
+    phases = phases_of(exp)
     counts = stage_traffic(
         engine,
         route=exp["route"],
         experiment_id=exp["id"],
-        starts=[s["started_at"] for s in stages],
+        starts=[p["started_at"] for p in phases],
     )
     final = None
     if exp["status"] in ENDED_BY:
@@ -105,14 +97,16 @@ def report_data(engine: Engine, exp: dict[str, Any], analysis: Analysis) -> dict
         ],
         traffic=[
             {
-                "stage": s["index"] + 1,
-                "challenger_percent": s["challenger_percent"],
-                "started_at": _iso(s["started_at"]),
-                "ended_at": _iso(s["ended_at"]) if s["ended_at"] else None,
+                "phase": p["index"] + 1,
+                "stage": p["stage"] + 1,
+                "status": p["status"],
+                "challenger_percent": p["challenger_percent"],
+                "started_at": _iso(p["started_at"]),
+                "ended_at": _iso(p["ended_at"]) if p["ended_at"] else None,
                 "requests": c["requests"],
                 "units": c["units"],
             }
-            for s, c in zip(stages, counts, strict=True)
+            for p, c in zip(phases, counts, strict=True)
         ],
         policy=exp["policy"],
         decisions=[
@@ -148,7 +142,7 @@ def run_metrics(analysis: Mapping[str, Any]) -> dict[str, float]:
     """Every number of an analysis (``Analysis.to_dict``) as a flat MLflow metric.
 
     Keys follow the JSON: ``arms.challenger.requests``, ``thumbs_up_rate.p_value``,
-    ``thumbs_up_rate.p_value_sequential``, ``latency.p95_ratio``, ``votes.win_rate``,
+    ``thumbs_up_rate.p_better``, ``latency.p95_ratio``, ``votes.win_rate``,
     ``votes.bradley_terry.challenger``, ``srm.p_value``; a confidence interval becomes
     ``.ci_low`` / ``.ci_high``. None and non-finite values are left out.
     """

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, text, update
 
-from router.evaluation.models import LIVE, Decision, Experiment
+from router.evaluation.models import LIVE, RUNNING, Decision, Experiment
 from router.inference_log.models import utcnow
 
 EXPERIMENTS = Experiment.__table__  # type: ignore[attr-defined]
@@ -24,18 +25,24 @@ def create_experiment(
     policy: dict[str, Any],
     champion_version: str,
     challenger_version: str,
+    actor: str = "api",
+    reasons: list[str] | None = None,
 ) -> dict[str, Any] | None:
-    """A new running experiment, or None when one is already live on the route."""
+    """A new running experiment in its first phase, or None when one is live on the route.
+
+    The start is recorded as a ``start`` decision (who, and why when forced).
+    """
     now = utcnow()
     row = {
         "id": f"exp-{uuid.uuid4().hex[:12]}",
         "route": route,
-        "status": "running",
+        "status": RUNNING,
         "stage_index": 0,
         "stages": stages,
         "policy": policy,
         "champion_version": champion_version,
         "challenger_version": challenger_version,
+        "phases": [_phase(0, RUNNING, stages[0], now)],
         "stage_started_at": now,
         "created_at": now,
         "updated_at": now,
@@ -51,7 +58,73 @@ def create_experiment(
         if live is not None:
             return None
         conn.execute(EXPERIMENTS.insert().values(**row))
+        record_decision(
+            conn,
+            experiment_id=str(row["id"]),
+            action="start",
+            reasons=reasons or [f"started by {actor}"],
+            analysis={},
+            stage_index=0,
+            acted=True,
+            actor=actor,
+        )
     return row
+
+
+def find_experiments(
+    engine: Engine, *, route: str, challenger_version: str, statuses: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Experiments of ``challenger_version`` on ``route`` in ``statuses``, newest first."""
+    query = (
+        select(EXPERIMENTS)
+        .where(
+            EXPERIMENTS.c.route == route,
+            EXPERIMENTS.c.challenger_version == challenger_version,
+            EXPERIMENTS.c.status.in_(statuses),
+        )
+        .order_by(EXPERIMENTS.c.created_at.desc())
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def challenger_percent(exp: dict[str, Any]) -> float:
+    """The challenger's share of split traffic now: its stage's, or 0 unless running."""
+    return float(exp["stages"][exp["stage_index"]]) if exp["status"] == RUNNING else 0.0
+
+
+def new_phase(conn: Connection, exp: dict[str, Any], *, stage_index: int, status: str) -> None:
+    """Change the experiment's stage or status, starting a new phase of constant weights.
+
+    Rows logged from now on belong to the new phase; only running phases count.
+    """
+    now = utcnow()
+    phase = _phase(stage_index, status, float(exp["stages"][stage_index]), now)
+    values: dict[str, Any] = {
+        "status": status,
+        "stage_index": stage_index,
+        "phases": [*exp["phases"], phase],
+    }
+    if stage_index != exp["stage_index"]:
+        values["stage_started_at"] = now
+    update_experiment(conn, experiment_id=exp["id"], **values)
+
+
+def _phase(stage_index: int, status: str, percent: float, start: datetime) -> dict[str, Any]:
+    return {
+        "stage": stage_index,
+        "status": status,
+        "challenger_percent": percent,
+        "started_at": aware(start).isoformat(),
+    }
+
+
+def aware(moment: datetime | str) -> datetime:
+    """SQLite hands back naive datetimes for UTC columns, Postgres aware ones, and the
+    API's JSON ISO-8601 strings: an aware datetime in every case."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def get_experiment(engine: Engine, *, experiment_id: str) -> dict[str, Any] | None:

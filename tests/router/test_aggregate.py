@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -9,15 +11,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import Engine, text
 
-from experiments.stats import ArmStats, RatioSums, VoteCounts
+from experiments.stats import ArmStats, PhasedSums, RatioSums, VoteCounts
 from router.evaluation.aggregate import (
     ARMS,
     FAILED,
     SPLIT,
+    LookData,
     aggregate,
+    aggregate_look,
     aggregate_stage,
     stage_traffic,
     timeline,
@@ -26,6 +32,8 @@ from router.inference_log.crud import FEEDBACK, LOG, VOTES
 from router.inference_log.db import create_db_engine, insert, migrate
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+#: What ``aggregate`` gives an arm without rows: one phase, empty.
+NO_ROWS = ArmStats(errors=PhasedSums.single(RatioSums()), thumbs=PhasedSums.single(RatioSums()))
 STATUSES = ["ok"] * 12 + ["error", "timeout", "fallback", "client_disconnected", "rejected"]
 #: Assignment reasons: mostly the split, sometimes a forced arm (override, arena battle).
 REASONS = ["hash"] * 6 + ["unassigned", "override", "arena"]
@@ -104,7 +112,13 @@ def rating(request_id: str, unit: str, value: str, at: datetime) -> dict[str, An
 
 
 def a_vote(
-    a: str, b: str, winner: str, *, at: datetime = T0, route: str = "chat"
+    a: str,
+    b: str,
+    winner: str,
+    *,
+    at: datetime = T0,
+    route: str = "chat",
+    unit: str | None = None,
 ) -> dict[str, Any]:
     return {
         "created_at": at,
@@ -112,6 +126,7 @@ def a_vote(
         "request_id_a": a,
         "request_id_b": b,
         "winner": winner,
+        "unit_id": unit,
     }
 
 
@@ -228,8 +243,8 @@ def reference(
         stats[arm] = ArmStats(
             requests=len(mine),
             units=len({r["unit_id"] for r in mine if r["assignment_reason"] in SPLIT}),
-            errors=ratio_sums(errors),
-            thumbs=ratio_sums(thumbs),
+            errors=PhasedSums.single(ratio_sums(errors)),
+            thumbs=PhasedSums.single(ratio_sums(thumbs)),
             latency_ms=tuple(sorted(r["latency_ms"] for r in ok)),
             ttft_ms=tuple(sorted(r["ttft_ms"] for r in ok if r["ttft_ms"] is not None)),
         )
@@ -283,12 +298,13 @@ def test_sums_match_the_python_reference(
     # The dataset is rich enough for the comparison to mean something.
     if (route, experiment) == ("chat", "exp-1"):
         for arm in ARMS:
-            assert expected[arm].errors.sum_x > 0
-            assert expected[arm].thumbs.sum_x > 0
-            assert expected[arm].errors.units > expected[arm].thumbs.units > 0
+            errors, thumbs = expected[arm].errors.pooled(), expected[arm].thumbs.pooled()
+            assert errors.sum_x > 0
+            assert thumbs.sum_x > 0
+            assert errors.units > thumbs.units > 0
             assert expected[arm].ttft_ms
             # Some units came only through forced arms: they are no units of the split.
-            assert 0 < expected[arm].units < expected[arm].errors.units
+            assert 0 < expected[arm].units < errors.units
         assert (
             min(expected_votes.challenger_wins, expected_votes.champion_wins, expected_votes.ties)
             > 0
@@ -326,9 +342,9 @@ def test_per_unit_sums_by_hand(engine: Engine) -> None:
     # p: x=2, y=3; q: x=1, y=2.
     assert arms["champion"].requests == 5
     assert arms["champion"].units == 2
-    assert arms["champion"].errors == RatioSums(2, 3.0, 5.0, 5.0, 13.0, 8.0)
-    assert arms["challenger"].errors == RatioSums(1, 0.0, 2.0, 0.0, 4.0, 0.0)
-    assert arms["champion"].thumbs == RatioSums() == arms["challenger"].thumbs
+    assert arms["champion"].errors == PhasedSums.single(RatioSums(2, 3.0, 5.0, 5.0, 13.0, 8.0))
+    assert arms["challenger"].errors == PhasedSums.single(RatioSums(1, 0.0, 2.0, 0.0, 4.0, 0.0))
+    assert arms["champion"].thumbs == PhasedSums.single(RatioSums()) == arms["challenger"].thumbs
 
 
 def test_latest_rating_per_request_counts_whoever_gave_it(engine: Engine) -> None:
@@ -345,7 +361,7 @@ def test_latest_rating_per_request_counts_whoever_gave_it(engine: Engine) -> Non
     )
     arms, _ = aggregate(engine, route="chat", experiment_id="exp-1")
     # One unit, two rated requests, one up: x=1, y=2.
-    assert arms["champion"].thumbs == RatioSums(1, 1.0, 2.0, 1.0, 4.0, 2.0)
+    assert arms["champion"].thumbs == PhasedSums.single(RatioSums(1, 1.0, 2.0, 1.0, 4.0, 2.0))
 
 
 def test_rejected_shadow_and_other_routes_or_experiments_do_not_count(engine: Engine) -> None:
@@ -364,12 +380,12 @@ def test_rejected_shadow_and_other_routes_or_experiments_do_not_count(engine: En
     )
     arms, _ = aggregate(engine, route="chat", experiment_id="exp-1")
     assert (arms["champion"].requests, arms["champion"].units) == (1, 1)
-    assert arms["champion"].thumbs == RatioSums(1, 1.0, 1.0, 1.0, 1.0, 1.0)
+    assert arms["champion"].thumbs == PhasedSums.single(RatioSums(1, 1.0, 1.0, 1.0, 1.0, 1.0))
     assert arms["champion"].latency_ms == (100.0,)
-    assert arms["challenger"] == ArmStats()
+    assert arms["challenger"] == NO_ROWS
     outside, _ = aggregate(engine, route="chat", experiment_id=None)
     assert outside["champion"].requests == 1
-    assert outside["champion"].thumbs.sum_x == 1.0
+    assert outside["champion"].thumbs.pooled().sum_x == 1.0
 
 
 def test_votes_map_a_and_b_to_the_arms_of_their_rows(engine: Engine) -> None:
@@ -434,7 +450,7 @@ def test_latency_samples_are_bounded_and_drawn_from_successful_requests(engine: 
 
 def test_empty_log_gives_zero_stats(engine: Engine) -> None:
     arms, votes = aggregate(engine, route="chat", experiment_id="exp-1")
-    assert arms == {"champion": ArmStats(), "challenger": ArmStats()}
+    assert arms == {"champion": NO_ROWS, "challenger": NO_ROWS}
     assert votes == VoteCounts()
     assert timeline(engine, route="chat", experiment_id="exp-1", since=None, bucket_s=60) == []
 
@@ -491,8 +507,8 @@ def test_forced_arms_count_as_requests_and_votes_but_not_as_units(engine: Engine
     arms, votes, stage = aggregate_stage(engine, route="chat", experiment_id="exp-1")
     assert (arms["champion"].requests, arms["champion"].units) == (3, 2)  # p and r
     assert (arms["challenger"].requests, arms["challenger"].units) == (2, 0)
-    assert arms["challenger"].errors == RatioSums(1, 1.0, 2.0, 1.0, 4.0, 2.0)
-    assert arms["challenger"].thumbs.sum_x == 1.0
+    assert arms["challenger"].errors == PhasedSums.single(RatioSums(1, 1.0, 2.0, 1.0, 4.0, 2.0))
+    assert arms["challenger"].thumbs.pooled().sum_x == 1.0
     assert votes == VoteCounts(challenger_wins=1)
     assert stage == {"champion": 2, "challenger": 0}
 
@@ -611,5 +627,477 @@ def test_upgrade_fills_unit_totals_from_rows_logged_before_it(
             totals = conn.execute(text("SELECT sum(requests) FROM unit_totals")).scalar_one()
         counted_rows = [r for r in rows if r["arm"] in ARMS and r["status"] != "rejected"]
         assert totals == len(counted_rows)
+    finally:
+        engine.dispose()
+
+
+# -- looks over phases ----------------------------------------------------------------------
+
+
+def phase(stage: int, status: str, at: datetime, percent: float = 10.0) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "status": status,
+        "challenger_percent": percent,
+        "started_at": at.isoformat(),
+    }
+
+
+def look(engine: Engine, phases: list[dict[str, Any]], stage: int, **kwargs: Any) -> LookData:
+    kwargs.setdefault("srm_since_phase", 0)
+    return aggregate_look(
+        engine, route="chat", experiment_id="exp-1", phases=phases, stage_index=stage, **kwargs
+    )
+
+
+def phased_sums(x: np.ndarray, y: np.ndarray) -> PhasedSums:
+    """PhasedSums of per-unit counts: ``x``, ``y`` of shape (units, phases)."""
+    x, y = x[y.sum(axis=1) > 0], y[y.sum(axis=1) > 0]
+
+    def matrix(m: np.ndarray) -> tuple[tuple[float, ...], ...]:
+        return tuple(tuple(float(v) for v in r) for r in m)
+
+    return PhasedSums(
+        units=tuple(int(n) for n in (y > 0).sum(axis=0)),
+        sum_x=tuple(float(v) for v in x.sum(axis=0)),
+        sum_y=tuple(float(v) for v in y.sum(axis=0)),
+        xx=matrix(x.T @ x),
+        xy=matrix(x.T @ y),
+        yy=matrix(y.T @ y),
+        distinct_units=len(y),
+    )
+
+
+def look_reference(
+    rows: list[dict[str, Any]],
+    ratings: list[dict[str, Any]],
+    votes: list[dict[str, Any]],
+    phases: list[dict[str, Any]],
+    stage: int,
+    srm_since: int,
+) -> LookData:
+    """``aggregate_look`` in plain Python and numpy, row by row."""
+    starts = [datetime.fromisoformat(p["started_at"]) for p in phases]
+    ends = [*starts[1:], datetime.max.replace(tzinfo=UTC)]
+    strata = [i for i, p in enumerate(phases) if p["status"] == "running"]
+
+    def stratum(at: datetime) -> int | None:
+        for k, i in enumerate(strata):
+            if starts[i] <= at < ends[i]:
+                return k
+        return None
+
+    current = {k for k, i in enumerate(strata) if phases[i]["stage"] == stage}
+    srm = {k for k in current if strata[k] >= srm_since}
+    latest: dict[str, tuple[datetime, int, str]] = {}
+    for i, f in enumerate(ratings):
+        key = (f["updated_at"], i, f["value"])
+        latest[f["request_id"]] = max(latest.get(f["request_id"], key), key)
+    arms, stage_units, srm_units = {}, {}, {}
+    for arm in ARMS:
+        mine = [
+            (r, stratum(r["created_at"]))
+            for r in rows
+            if counted(r, "chat", "exp-1", None) and r["arm"] == arm
+        ]
+        mine = [(r, k) for r, k in mine if k is not None]
+        units = sorted({r["unit_id"] for r, _ in mine})
+        index = {u: n for n, u in enumerate(units)}
+        shape = (len(units), len(strata))
+        ex, ey, tx, ty = (np.zeros(shape) for _ in range(4))
+        for r, k in mine:
+            n = index[r["unit_id"]]
+            ex[n, k] += r["status"] in FAILED
+            ey[n, k] += 1
+            if r["request_id"] in latest:
+                tx[n, k] += latest[r["request_id"]][2] == "up"
+                ty[n, k] += 1
+
+        def split_units(keep: set[int] | None, mine: list[Any] = mine) -> int:
+            return len(
+                {
+                    r["unit_id"]
+                    for r, k in mine
+                    if r["assignment_reason"] in SPLIT and (keep is None or k in keep)
+                }
+            )
+
+        def sample(column: str, mine: list[Any] = mine) -> tuple[float, ...]:
+            values = []
+            for r, k in mine:
+                if k not in current or (column == "ttft_ms" and r["ttft_ms"] is None):
+                    continue  # the dataset marks streamed rows by a TTFT, failed ones too
+                if r["status"] in FAILED:
+                    values.append(math.inf)
+                elif r["status"] == "ok":
+                    values.append(r[column])
+            return tuple(sorted(values))
+
+        arms[arm] = ArmStats(
+            requests=len(mine),
+            units=split_units(None),
+            errors=phased_sums(ex, ey),
+            thumbs=phased_sums(tx, ty),
+            latency_ms=sample("latency_ms"),
+            ttft_ms=sample("ttft_ms"),
+        )
+        stage_units[arm], srm_units[arm] = split_units(current), split_units(srm)
+    _, counts = reference(rows, ratings, votes)
+    by_id = {r["request_id"]: r for r in rows}
+    voters: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    for n, v in enumerate(votes):
+        a, b = by_id[v["request_id_a"]], by_id[v["request_id_b"]]
+        if not (
+            v["route"] == "chat"
+            and a["experiment_id"] == b["experiment_id"] == "exp-1"
+            and {a["arm"], b["arm"]} == set(ARMS)
+        ):
+            continue
+        winner = {"a": a["arm"], "b": b["arm"]}.get(v["winner"])
+        voter = voters[v["unit_id"] if v["unit_id"] is not None else ("vote", n)]
+        voter[0] += winner == "challenger"
+        voter[1] += winner is not None
+    counts = VoteCounts(
+        counts.challenger_wins,
+        counts.champion_wins,
+        counts.ties,
+        counts.both_bad,
+        per_voter=ratio_sums(voters),
+    )
+    return LookData(arms, counts, stage_units, srm_units)
+
+
+def sorted_look(data: LookData) -> LookData:
+    return LookData(sorted_samples(data.arms), data.votes, data.stage_units, data.srm_units)
+
+
+def test_look_matches_the_python_reference_over_phases(engine: Engine) -> None:
+    rows, ratings, votes = random_dataset(seed=29)
+    rng = random.Random(29)
+    for v in votes:  # some voters cast several votes; some votes have no voter
+        v["unit_id"] = rng.choice([None, "v1", "v2", "v3", "v4"])
+    store(engine, rows, ratings, votes)
+    # 400 rows, one every 30 s: 200 minutes. Stage 0, paused, resumed, stage 1, halted,
+    # resumed; the halt's phase and the pause's are left out.
+    phases = [
+        phase(0, "running", T0),
+        phase(0, "paused", T0 + timedelta(minutes=30)),
+        phase(0, "running", T0 + timedelta(minutes=50)),
+        phase(1, "running", T0 + timedelta(minutes=90)),
+        phase(1, "halted", T0 + timedelta(minutes=130)),
+        phase(1, "running", T0 + timedelta(minutes=150)),
+    ]
+    got = look(engine, phases, 1, srm_since_phase=5)
+    expected = look_reference(rows, ratings, votes, phases, stage=1, srm_since=5)
+    assert sorted_look(got) == expected
+    for arm in ARMS:  # the data exercise what the test compares
+        errors = got.arms[arm].errors
+        assert errors.phases == 4
+        assert all(n > 0 for n in errors.units)
+        assert errors.distinct_units < sum(errors.units)  # units span phases
+        off = [(k, m) for k in range(4) for m in range(4) if k != m]
+        assert any(errors.xy[k][m] > 0 for k, m in off)
+        assert all(errors.yy[k][m] > 0 for k, m in off)
+        assert math.inf in got.arms[arm].latency_ms
+        assert 0 < got.srm_units[arm] < got.stage_units[arm] < got.arms[arm].units
+    assert got.votes.per_voter is not None
+    assert got.votes.per_voter.units < got.votes.challenger_wins + got.votes.champion_wins
+
+
+def test_look_sums_per_phase_by_hand_and_leaves_paused_rows_out(engine: Engine) -> None:
+    minute = timedelta(minutes=1)
+    phases = [
+        phase(0, "running", T0),
+        phase(0, "paused", T0 + 10 * minute),
+        phase(0, "running", T0 + 20 * minute),
+        phase(1, "running", T0 + 30 * minute),
+    ]
+    store(
+        engine,
+        [
+            log_row("p1", "champion", "p", "ok", at=T0 + minute),  # stratum 0
+            log_row("p2", "champion", "p", "error", at=T0 + 5 * minute),  # stratum 0
+            log_row("p3", "champion", "p", "error", at=T0 + 12 * minute),  # paused: out
+            log_row("p4", "champion", "p", "ok", at=T0 + 25 * minute),  # stratum 1
+            log_row("p5", "champion", "p", "fallback", at=T0 + 35 * minute),  # stratum 2
+            log_row("q1", "champion", "q", "ok", at=T0 + 2 * minute),  # stratum 0
+            log_row("q2", "champion", "q", "ok", at=T0 + 31 * minute),  # stratum 2
+            log_row("q3", "champion", "q", "timeout", at=T0 + 15 * minute),  # paused: out
+        ],
+        [
+            rating("p1", "p", "up", T0 + 40 * minute),  # rated later: the request's phase
+            rating("p3", "p", "up", T0 + 40 * minute),  # a paused request: out
+            rating("q2", "q", "down", T0 + 40 * minute),
+        ],
+    )
+    data = look(engine, phases, 1)
+    champion = data.arms["champion"]
+    # p: x = (1, 0, 1), y = (2, 1, 1); q: x = (0, 0, 0), y = (1, 0, 1).
+    assert champion.errors == PhasedSums(
+        units=(2, 1, 2),
+        sum_x=(1.0, 0.0, 1.0),
+        sum_y=(3.0, 1.0, 2.0),
+        xx=((1.0, 0.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 1.0)),
+        xy=((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (2.0, 1.0, 1.0)),
+        yy=((5.0, 2.0, 3.0), (2.0, 1.0, 1.0), (3.0, 1.0, 2.0)),
+        distinct_units=2,
+    )
+    # Pooled, it is the plain per-unit computation: p x=2, y=4; q x=0, y=2.
+    assert champion.errors.pooled() == RatioSums(2, 2.0, 6.0, 4.0, 20.0, 8.0)
+    assert (champion.requests, champion.units) == (6, 2)
+    # Thumbs: p1 up in stratum 0, q2 down in stratum 2.
+    assert champion.thumbs == PhasedSums(
+        units=(1, 0, 1),
+        sum_x=(1.0, 0.0, 0.0),
+        sum_y=(1.0, 0.0, 1.0),
+        xx=((1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+        xy=((1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+        yy=((1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+        distinct_units=2,
+    )
+    assert data.arms["challenger"] == ArmStats(
+        errors=PhasedSums.empty(3), thumbs=PhasedSums.empty(3)
+    )
+    # The stage's latency: p5 failed (inf), q2 answered.
+    assert sorted(champion.latency_ms) == [100.0, math.inf]
+    assert (data.stage_units, data.srm_units) == ({"champion": 2, "challenger": 0},) * 2
+
+
+def test_look_counts_forced_rows_as_requests_not_units_and_cuts_srm(engine: Engine) -> None:
+    minute = timedelta(minutes=1)
+    phases = [
+        phase(0, "running", T0),
+        phase(1, "running", T0 + 30 * minute),
+        phase(1, "halted", T0 + 40 * minute),
+        phase(1, "running", T0 + 50 * minute),
+    ]
+    store(
+        engine,
+        [
+            log_row("a1", "challenger", "a", at=T0 + minute),  # stage 0
+            log_row("b1", "challenger", "b", at=T0 + 35 * minute),  # stage 1, before the halt
+            log_row("b2", "challenger", "b", at=T0 + 55 * minute, reason="override"),
+            log_row("c1", "challenger", "c", at=T0 + 55 * minute),  # stage 1, after the halt
+            log_row("d1", "challenger", "d", at=T0 + 55 * minute, reason="arena"),
+            log_row("e1", "challenger", "e", "error", at=T0 + 36 * minute, reason="override"),
+            log_row("f1", "challenger", "f", at=T0 + 45 * minute),  # halted: out
+            log_row("g1", "champion", "g", at=T0 + 56 * minute, reason="unassigned"),
+        ],
+    )
+    data = look(engine, phases, 1, srm_since_phase=3)
+    challenger = data.arms["challenger"]
+    assert challenger.requests == 6  # forced rows count as requests...
+    assert challenger.errors.distinct_units == 5  # ...of their units (a, b, c, d, e)...
+    assert challenger.errors.pooled().sum_x == 1.0  # ...and e's error counts
+    assert challenger.units == 3  # ...but only a, b and c are units of the split
+    assert data.stage_units == {"challenger": 2, "champion": 1}  # b and c; g
+    assert data.srm_units == {"challenger": 1, "champion": 1}  # c; g
+    # SRM from the stage's first phase: b as well.
+    assert look(engine, phases, 1).srm_units == data.stage_units
+    # Looking at stage 0 (as of then): a only.
+    assert look(engine, phases, 0).stage_units == {"challenger": 1, "champion": 0}
+
+
+def test_look_samples_failed_requests_as_infinitely_slow(engine: Engine) -> None:
+    minute = timedelta(minutes=1)
+    phases = [phase(0, "running", T0), phase(1, "running", T0 + 10 * minute)]
+    at = T0 + 20 * minute
+    store(
+        engine,
+        [
+            log_row("r0", "challenger", "u", latency=10.0, at=T0),  # stage 0: not sampled
+            log_row("r1", "challenger", "u", latency=20.0, at=at),
+            log_row("r2", "challenger", "u", latency=30.0, ttft=3.0, at=at),
+            log_row("r3", "challenger", "u", "timeout", latency=999.0, at=at),
+            log_row("r4", "challenger", "u", "error", latency=5.0, ttft=1.0, at=at),
+            log_row("r5", "challenger", "u", "client_disconnected", latency=1.0, ttft=1.0, at=at),
+        ],
+    )
+    data = look(engine, phases, 1)
+    challenger = data.arms["challenger"]
+    assert challenger.latency_ms == (20.0, 30.0, math.inf, math.inf)  # in request-id order
+    assert challenger.ttft_ms == (3.0, math.inf)  # streamed ones only
+    assert len(look(engine, phases, 1, latency_sample=3).arms["challenger"].latency_ms) == 3
+    assert look(engine, phases, 1, latency_sample=0).arms["challenger"].latency_ms == ()
+    # A paused current stage has nothing to sample.
+    paused = [*phases, phase(1, "paused", T0 + 15 * minute)]
+    assert look(engine, paused, 1).arms["challenger"].latency_ms == ()
+
+
+def test_look_clusters_votes_by_voter(engine: Engine) -> None:
+    store(
+        engine,
+        [log_row("c1", "champion", "p"), log_row("h1", "challenger", "p")],
+        votes=[
+            a_vote("c1", "h1", "b", unit="A"),  # A: a challenger win,
+            a_vote("c1", "h1", "a", unit="A"),  # a champion win
+            a_vote("c1", "h1", "tie", unit="A"),  # and a tie: x=1, y=2
+            a_vote("h1", "c1", "a", unit="B"),  # B: two challenger wins: x=2, y=2
+            a_vote("c1", "h1", "b", unit="B"),
+            a_vote("c1", "h1", "both_bad", unit="C"),  # C: nothing decisive, no voter
+            a_vote("h1", "c1", "a"),  # no voter: each vote its own, x=1, y=1
+            a_vote("c1", "h1", "b"),
+            a_vote("c1", "h1", "a", at=T0 + timedelta(days=3)),  # x=0, y=1; votes have no phase
+        ],
+    )
+    data = look(engine, [phase(0, "running", T0), phase(0, "paused", T0 + timedelta(hours=1))], 0)
+    # Voters A, B and three lone votes: x = 1, 2, 1, 1, 0; y = 2, 2, 1, 1, 1.
+    assert data.votes == VoteCounts(
+        challenger_wins=5,
+        champion_wins=2,
+        ties=1,
+        both_bad=1,
+        per_voter=RatioSums(5, 5.0, 7.0, 7.0, 11.0, 8.0),
+    )
+
+
+def test_look_without_running_phases_gives_empty_sums(engine: Engine) -> None:
+    store(
+        engine,
+        [log_row("c1", "champion", "p"), log_row("h1", "challenger", "p")],
+        votes=[a_vote("c1", "h1", "b", unit="A")],
+    )
+    for phases in ([], [phase(0, "paused", T0 - timedelta(hours=1))]):
+        data = look(engine, phases, 0)
+        assert data.arms == {arm: ArmStats() for arm in ARMS}
+        assert data.stage_units == {arm: 0 for arm in ARMS} == data.srm_units
+        assert data.votes == VoteCounts(challenger_wins=1, per_voter=RatioSums(1, *[1.0] * 5))
+    # Rows before the first phase belong to none.
+    later = look(engine, [phase(0, "running", T0 + timedelta(seconds=1))], 0)
+    assert later.arms["champion"] == ArmStats(
+        errors=PhasedSums.empty(1), thumbs=PhasedSums.empty(1)
+    )
+
+
+def test_look_refuses_phases_out_of_time_order(engine: Engine) -> None:
+    phases = [phase(0, "running", T0), phase(0, "paused", T0 - timedelta(minutes=1))]
+    with pytest.raises(ValueError, match="time order"):
+        look(engine, phases, 0)
+
+
+# -- migration 0008: phases of the experiments that were there -------------------------------
+
+EXPERIMENTS_0007 = sa.table(
+    "experiments",
+    *(sa.column(n) for n in ("id", "route", "status", "stage_index", "champion_version")),
+    sa.column("challenger_version"),
+    sa.column("stages", sa.JSON),
+    sa.column("policy", sa.JSON),
+    *(sa.column(n, sa.DateTime(timezone=True)) for n in ("stage_started_at", "created_at")),
+    sa.column("updated_at", sa.DateTime(timezone=True)),
+)
+DECISIONS_0007 = sa.table(
+    "decisions",
+    *(sa.column(n) for n in ("experiment_id", "action", "stage_index", "acted", "actor")),
+    sa.column("reasons", sa.JSON),
+    sa.column("analysis", sa.JSON),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrade_gives_experiments_the_phases_their_decisions_tell(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("fresh_postgres_url")
+    )
+    hour = timedelta(hours=1)
+    stages = [5.0, 25.0, 50.0]
+
+    def experiment(id_: str, status: str, stage: int, started: datetime) -> dict[str, Any]:
+        return {
+            "id": id_,
+            "route": id_,
+            "status": status,
+            "stage_index": stage,
+            "champion_version": "1",
+            "challenger_version": "2",
+            "stages": stages,
+            "policy": {},
+            "stage_started_at": started,
+            "created_at": T0,
+            "updated_at": T0 + 5 * hour,
+        }
+
+    def decision(id_: str, action: str, stage: int, at: datetime, acted: bool = True) -> Any:
+        return {
+            "experiment_id": id_,
+            "action": action,
+            "stage_index": stage,
+            "acted": acted,
+            "actor": "test",
+            "reasons": [],
+            "analysis": {},
+            "created_at": at,
+        }
+
+    engine = create_db_engine(url)
+    try:
+        migrate(engine, "0007")
+        with engine.begin() as conn:
+            conn.execute(
+                EXPERIMENTS_0007.insert(),
+                [
+                    experiment("advanced", "running", 2, T0 + 2 * hour - timedelta(seconds=1)),
+                    experiment("paused", "paused", 0, T0),  # its pause decision is lost
+                    experiment("halted", "halted", 1, T0 + hour),
+                    experiment("promoted", "promoted", 0, T0),
+                ],
+            )
+            conn.execute(
+                DECISIONS_0007.insert(),
+                [
+                    decision("advanced", "advance", 0, T0 + hour),
+                    decision("advanced", "continue", 1, T0 + 80 * timedelta(minutes=1)),
+                    decision("advanced", "halt", 1, T0 + 85 * timedelta(minutes=1), False),
+                    decision("advanced", "pause", 1, T0 + 90 * timedelta(minutes=1)),
+                    decision("advanced", "resume", 1, T0 + 100 * timedelta(minutes=1)),
+                    decision("advanced", "advance", 1, T0 + 2 * hour),
+                    decision("halted", "advance", 0, T0 + hour),
+                    decision("halted", "halt", 1, T0 + 2 * hour),
+                    decision("promoted", "promote", 0, T0 + hour),
+                ],
+            )
+        migrate(engine)
+        columns = {c["name"]: c for c in sa.inspect(engine).get_columns("experiments")}
+        assert columns["phases"]["nullable"] is False
+        with engine.connect() as conn:
+            got = dict(conn.execute(text("SELECT id, phases FROM experiments")).all())
+        got = {k: json.loads(v) if isinstance(v, str) else v for k, v in got.items()}
+
+        def p(stage: int, status: str, at: datetime) -> dict[str, Any]:
+            return phase(stage, status, at, stages[stage])
+
+        assert got == {
+            "advanced": [
+                p(0, "running", T0),
+                p(1, "running", T0 + hour),
+                p(1, "paused", T0 + 90 * timedelta(minutes=1)),
+                p(1, "running", T0 + 100 * timedelta(minutes=1)),
+                p(2, "running", T0 + 2 * hour - timedelta(seconds=1)),  # stage_started_at
+            ],
+            "paused": [p(0, "running", T0), p(0, "paused", T0 + 5 * hour)],
+            "halted": [
+                p(0, "running", T0),
+                p(1, "running", T0 + hour),
+                p(1, "halted", T0 + 2 * hour),
+            ],
+            "promoted": [p(0, "running", T0)],
+        }
+        # The phases are what aggregate_look reads.
+        store(engine, [log_row("c1", "champion", "p", at=T0 + 95 * timedelta(minutes=1))])
+        data = aggregate_look(
+            engine,
+            route="chat",
+            experiment_id="exp-1",
+            phases=got["advanced"],
+            stage_index=2,
+            srm_since_phase=0,
+        )
+        assert data.arms["champion"].requests == 0  # paused then
+        assert data.arms["champion"].errors.phases == 4
     finally:
         engine.dispose()

@@ -34,10 +34,10 @@ ADMIN = {"authorization": f"Bearer {TOKEN}"}
 POLICY = {
     "auto": True,
     "min_units": 40,
-    "min_rated": 40,
+    "min_rated_units": 40,
     # The split is salted by the random experiment id: 240 units leave an arm under 100
-    # requests about once in a hundred runs. Every test sends at least 80 per arm.
-    "min_guardrail_requests": 60,
+    # units about once in a hundred runs. Every test sends at least 80 per arm.
+    "min_guardrail_units": 60,
     "max_latency_p95_ratio": 100.0,
     "max_ttft_p95_ratio": 100.0,
 }
@@ -155,7 +155,7 @@ def _check_report_run(
         "thumbs_up_rate.challenger",
         "thumbs_up_rate.difference",
         "thumbs_up_rate.p_value",
-        "thumbs_up_rate.p_value_sequential",
+        "thumbs_up_rate.p_better",
         "srm.p_value",
     ):
         assert key in metrics, key
@@ -273,7 +273,7 @@ def test_worse_challenger_is_rolled_back_with_webhook_and_report(
         assert (decision["action"], decision["acted"]) == ("rollback", True)
         assert app.state.routes.get("chat").challenger_bps == 0  # no more traffic to it
         history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
-        assert [d["action"] for d in history] == ["rollback"]
+        assert [d["action"] for d in history] == ["start", "rollback"]
         report = http.get(f"/v1/experiments/{exp['id']}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
         assert "data:image/png;base64," in report.text and "rollback" in report.text
@@ -395,17 +395,19 @@ def test_stages_advance_and_an_srm_halts(
         assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "halted"
         assert app.state.routes.get("chat").challenger_bps == 0
 
-        # Traffic per stage in the report: stage 2 counts the forced requests, not their units.
+        # Traffic per phase in the report: stage 2 counts the forced requests, not their
+        # units; the halt started a phase of its own, with no challenger traffic.
         data = http.get(f"/v1/experiments/{exp['id']}/report.json").json()
-        one, two = data["traffic"]
-        assert (one["stage"], one["challenger_percent"]) == (1, 50.0)
-        assert (two["stage"], two["challenger_percent"]) == (2, 75.0)
+        one, two, stopped = data["traffic"]
+        assert (one["stage"], one["challenger_percent"], one["status"]) == (1, 50.0, "running")
+        assert (two["stage"], two["challenger_percent"], two["status"]) == (2, 75.0, "running")
+        assert (stopped["stage"], stopped["status"]) == (2, "halted")
         assert one["units"] == one["requests"] == first
         assert two["requests"] == {"champion": 300, "challenger": 0}
         assert two["units"] == {"champion": 150, "challenger": 0}
         assert one["ended_at"] == two["started_at"]
         page = http.get(f"/v1/experiments/{exp['id']}/report").text
-        assert "Traffic per stage" in page and "<b>mismatch</b>" in page
+        assert "mismatch" in page
     champion = registry.resolve("chat", "champion")
     assert champion is not None and champion.version == versions[0]  # never promoted
 
@@ -438,7 +440,7 @@ def test_two_evaluators_at_once_act_once(
         acted = [a.json() for a in answers if a.status_code == 200]
         assert acted[0]["action"] == "promote" and acted[0]["acted"] is True
         history = http.get(f"/v1/experiments/{exp['id']}/decisions").json()
-        assert [d["action"] for d in history] == ["promote"]
+        assert [d["action"] for d in history] == ["start", "promote"]
     assert registry.resolve("chat", "champion").version == versions[1]  # type: ignore[union-attr]
 
 
@@ -498,27 +500,26 @@ def test_get_and_report_use_the_stored_sequential_history(
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         exp = _start(http, policy={**POLICY, "auto": False})
-        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
+        _traffic(http, 240, {"champion": 0.9, "challenger": 0.3})
         looked = _evaluate(http, exp)["analysis"]["metrics"]["thumbs_up_rate"]
-        # Then the challenger turns bad: on the data alone the evidence weakens.
-        _traffic(http, 240, {"champion": 0.9, "challenger": 0.3}, prefix="later")
+        assert looked["p_worse"] < 0.05
+        # Then the challenger turns good: on the data alone the evidence of harm weakens.
+        _traffic(http, 240, {"champion": 0.3, "challenger": 0.9}, prefix="later")
         row = http.get(f"/v1/experiments/{exp['id']}").json()
         alone = app.state.evaluator.analysis(row)["metrics"]["thumbs_up_rate"]
-        assert alone["p_value_sequential"] > looked["p_value_sequential"]
-        # The always-valid p-value keeps the running minimum of the evaluator's looks.
+        assert alone["p_worse"] > looked["p_worse"]
+        # The always-valid p of harm keeps the running minimum of the evaluator's looks.
         now = row["analysis"]["metrics"]["thumbs_up_rate"]
-        assert now["p_value_sequential"] == looked["p_value_sequential"]
+        assert now["p_worse"] == looked["p_worse"]
         assert now["p_value"] == alone["p_value"]  # the fixed-horizon one is fresh
+        assert now["p_better"] == alone["p_better"]  # "better" is this look's alone
         report = http.get(f"/v1/experiments/{exp['id']}/report.json").json()
         thumbs = report["analysis"]["metrics"]["thumbs_up_rate"]
-        assert thumbs["p_value_sequential"] == looked["p_value_sequential"]
-        # A pause records no analysis; the history carries over it.
+        assert thumbs["p_worse"] == looked["p_worse"]
+        # A pause is a look too: the history carries over it.
         assert http.post(f"/v1/experiments/{exp['id']}/pause", headers=ADMIN).status_code == 200
         again = http.get(f"/v1/experiments/{exp['id']}").json()["analysis"]
-        assert (
-            again["metrics"]["thumbs_up_rate"]["p_value_sequential"]
-            == (looked["p_value_sequential"])
-        )
+        assert again["metrics"]["thumbs_up_rate"]["p_worse"] == looked["p_worse"]
 
 
 def test_report_run_on_a_real_mlflow_server(
@@ -571,7 +572,9 @@ def test_a_report_that_fails_to_log_keeps_the_decision_and_is_retried(
     ):
         exp = _start(http, policy={**POLICY, "auto": False})
         _traffic(http, 120, {"champion": 0.5, "challenger": 0.5})
-        promoted = http.post(f"/v1/experiments/{exp['id']}/promote", headers=ADMIN)
+        promoted = http.post(
+            f"/v1/experiments/{exp['id']}/promote", json={"force": True}, headers=ADMIN
+        )
         assert promoted.status_code == 200
         assert registry.resolve("chat", "champion").version == v2  # type: ignore[union-attr]
 

@@ -15,7 +15,7 @@ from router.errors import BackendError, CanaryError, Conflict, InvalidRequest, N
 from router.evaluation import store
 from router.evaluation.evaluator import Evaluator
 from router.evaluation.models import LIVE
-from router.schemas import ExperimentIn
+from router.schemas import ExperimentActionIn, ExperimentIn
 
 router = APIRouter(tags=["experiments"], route_class=JSONRoute)
 
@@ -35,7 +35,7 @@ async def _experiment(experiment_id: str, engine: EngineDep) -> dict[str, Any]:
 
 
 def _public(exp: dict[str, Any]) -> dict[str, Any]:
-    weight = exp["stages"][exp["stage_index"]] / 100 if exp["status"] == "running" else 0.0
+    weight = store.challenger_percent(exp) / 100
     run_id = exp.get("report_run_id")
     return {
         **exp,
@@ -48,8 +48,15 @@ def _public(exp: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/v1/experiments", status_code=201, dependencies=[AdminDep])
 async def start_experiment(body: ExperimentIn, evaluator: EvaluatorDep) -> dict[str, Any]:
-    """Start a canary on a route: 409 if one is running there, 400 without a challenger."""
-    exp = await evaluator.start(route=body.route, stages=body.stages, policy=body.policy)
+    """Start a canary on a route: 409 if one is live there, or if this challenger version
+    was rolled back or ended inconclusive before (unless ``force``); 400 without a challenger."""
+    exp = await evaluator.start(
+        route=body.route,
+        stages=body.stages,
+        policy=body.policy,
+        force=body.force,
+        reason=body.reason,
+    )
     return _public(exp)
 
 
@@ -135,8 +142,14 @@ async def evaluate(experiment_id: str, evaluator: EvaluatorDep) -> dict[str, Any
 @router.post("/v1/experiments/{experiment_id}/{action}", dependencies=[AdminDep])
 async def act(
     experiment_id: str,
-    action: Literal["promote", "rollback", "pause", "resume"],
+    action: Literal["promote", "rollback", "advance", "pause", "resume"],
     evaluator: EvaluatorDep,
+    body: ExperimentActionIn | None = None,
 ) -> dict[str, Any]:
-    """Promote (alias swap), roll back, pause or resume, whatever the policy says."""
-    return await evaluator.force(experiment_id, action, actor="api")
+    """An admin's action, recorded with its reason. Promote (alias swap; 409 unless the
+    data back it or ``force``), roll back, advance to the next stage, pause, or resume (a
+    paused experiment, or a halted one after investigating its sample ratio mismatch)."""
+    body = body or ExperimentActionIn()
+    return await evaluator.force(
+        experiment_id, action, actor="api", force=body.force, reason=body.reason
+    )
