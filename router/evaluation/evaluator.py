@@ -37,7 +37,6 @@ from experiments.policy import Policy
 from router.assignment import BUCKETS
 from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
 from router.evaluation import reporting, store
-from router.evaluation.aggregate import aggregate_look
 from router.evaluation.models import (
     ENDED_BY,
     HALTED,
@@ -47,6 +46,7 @@ from router.evaluation.models import (
     ROLLED_BACK,
     RUNNING,
 )
+from router.evaluation.phases import aggregate_look
 from router.evaluation.webhook import Webhook
 from router.inference_log.models import utcnow
 from router.routes_table import RouteTable

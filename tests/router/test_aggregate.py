@@ -17,17 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, text
 
 from experiments.stats import ArmStats, PhasedSums, RatioSums, VoteCounts
-from router.evaluation.aggregate import (
-    ARMS,
-    FAILED,
-    SPLIT,
-    LookData,
-    aggregate,
-    aggregate_look,
-    aggregate_stage,
-    stage_traffic,
-    timeline,
-)
+from router.evaluation.aggregate import ARMS, FAILED, SPLIT, aggregate, stage_traffic, timeline
+from router.evaluation.phases import LookData, aggregate_look
 from router.inference_log.crud import FEEDBACK, LOG, VOTES
 from router.inference_log.db import create_db_engine, insert, migrate
 
@@ -504,40 +495,41 @@ def test_forced_arms_count_as_requests_and_votes_but_not_as_units(engine: Engine
         [rating("h3", "q", "up", T0)],
         [a_vote("c2", "h2", "b")],  # the arena battle's vote: the challenger won
     )
-    arms, votes, stage = aggregate_stage(engine, route="chat", experiment_id="exp-1")
+    arms, votes = aggregate(engine, route="chat", experiment_id="exp-1")
     assert (arms["champion"].requests, arms["champion"].units) == (3, 2)  # p and r
     assert (arms["challenger"].requests, arms["challenger"].units) == (2, 0)
     assert arms["challenger"].errors == PhasedSums.single(RatioSums(1, 1.0, 2.0, 1.0, 4.0, 2.0))
     assert arms["challenger"].thumbs.pooled().sum_x == 1.0
     assert votes == VoteCounts(challenger_wins=1)
-    assert stage == {"champion": 2, "challenger": 0}
+    # A window groups the log itself, not the unit totals: forced units left out there too.
+    scanned, _ = aggregate(
+        engine, route="chat", experiment_id="exp-1", since=T0 - timedelta(days=1)
+    )
+    assert scanned == arms
 
 
-def test_stage_units_come_out_of_the_same_scan(engine: Engine) -> None:
+def test_a_window_counts_the_units_the_split_assigned_in_it(engine: Engine) -> None:
     rows, ratings, votes = random_dataset(seed=13)
     store(engine, rows, ratings, votes)
-    stage_start = T0 + timedelta(hours=1, minutes=40)
-    arms, _, stage = aggregate_stage(
-        engine, route="chat", experiment_id="exp-1", stage_since=stage_start
-    )
+    window_start = T0 + timedelta(hours=1, minutes=40)
+    window, _ = aggregate(engine, route="chat", experiment_id="exp-1", since=window_start)
     expected = {
         arm: len(
             {
                 r["unit_id"]
                 for r in rows
-                if counted(r, "chat", "exp-1", stage_start)
+                if counted(r, "chat", "exp-1", window_start)
                 and r["arm"] == arm
                 and r["assignment_reason"] in SPLIT
             }
         )
         for arm in ARMS
     }
-    assert stage == expected
-    for arm in ARMS:  # the stage is part of the experiment, and not all of it
-        assert 0 < stage[arm] < arms[arm].units
-    whole, _, first = aggregate_stage(engine, route="chat", experiment_id="exp-1")
-    assert first == {arm: whole[arm].units for arm in ARMS}
-    assert sorted_samples(whole) == sorted_samples(arms)
+    assert {arm: window[arm].units for arm in ARMS} == expected
+    whole, _ = aggregate(engine, route="chat", experiment_id="exp-1")
+    for arm in ARMS:  # the window is part of the experiment, and not all of it
+        assert 0 < window[arm].units < whole[arm].units
+        assert window[arm].units < window[arm].errors.distinct_units  # forced units too
 
 
 def test_stage_traffic_counts_requests_and_split_units_per_stage(engine: Engine) -> None:
@@ -585,22 +577,14 @@ def test_unit_totals_count_every_row_once_across_batches_and_replays(engine: Eng
         conn.execute(write, rows[:150])  # the replay: nothing new
         conn.execute(FEEDBACK.insert(), ratings)
         conn.execute(VOTES.insert(), votes)
-    stage_start = T0 + timedelta(hours=1)
-    arms, _, stage = aggregate_stage(
-        engine, route="chat", experiment_id="exp-1", stage_since=stage_start
-    )
+    arms, _ = aggregate(engine, route="chat", experiment_id="exp-1")
     expected, _ = reference(rows, ratings, votes)
     assert sorted_samples(arms) == expected
     # The totals (a whole experiment) and the log scan (any window) agree.
-    scanned, _, scanned_stage = aggregate_stage(
-        engine,
-        route="chat",
-        experiment_id="exp-1",
-        since=T0 - timedelta(days=1),
-        stage_since=stage_start,
+    scanned, _ = aggregate(
+        engine, route="chat", experiment_id="exp-1", since=T0 - timedelta(days=1)
     )
     assert sorted_samples(scanned) == sorted_samples(arms)
-    assert scanned_stage == stage
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -7,7 +7,7 @@ Create Date: 2026-11-23 09:00:00
 ``experiments.phases``: every traffic change (start, advance, pause, resume, halt) appends
 a phase ``{"stage", "status", "challenger_percent", "started_at"}`` (``started_at`` in
 ISO-8601 UTC); a phase lasts until the next one starts. The statistics count only rows of
-running phases (router.evaluation.aggregate.aggregate_look).
+running phases (router.evaluation.phases.aggregate_look).
 
 Existing experiments get the phases their decisions tell: a running phase of stage 0 at
 ``created_at``, then one phase per acted ``advance`` (the stage after the decision's,
