@@ -25,6 +25,7 @@ from tests.router.test_experiments import (
     _running,
     _start,
     _traffic,
+    register_pair,
 )
 from tests.servers import serve
 
@@ -37,20 +38,10 @@ def _engines(champion: FakeSpec, challenger: FakeSpec) -> Iterator[tuple[str, st
         yield f"{a.url}/v1", f"{b.url}/v1"
 
 
-def _register(registry: Registry, engines: tuple[str, str]) -> tuple[str, str]:
-    v1 = registry.register_endpoint(
-        "chat", base_url=engines[0], remote_model="m", params={}, alias="champion"
-    )
-    v2 = registry.register_endpoint(
-        "chat", base_url=engines[1], remote_model="m", params={}, alias="challenger"
-    )
-    return v1, v2
-
-
 @pytest.fixture
 def versions(registry: Registry) -> Iterator[tuple[str, str]]:
     yield from (
-        _register(registry, e)
+        register_pair(registry, e)
         for e in _engines(FakeSpec(name="champ", text="a"), FakeSpec(name="chall", text="b"))
     )
 
@@ -290,7 +281,7 @@ def slow_versions(registry: Registry, request: pytest.FixtureRequest) -> Iterato
     ratio = request.param
     champion = FakeSpec(name="champ", text="a", latency_ms=40.0)
     challenger = FakeSpec(name="chall", text="b", latency_ms=40.0 * ratio)
-    yield from (_register(registry, e) for e in _engines(champion, challenger))
+    yield from (register_pair(registry, e) for e in _engines(champion, challenger))
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,8 @@ def engines() -> Iterator[tuple[str, str]]:
         yield f"{a.url}/v1", f"{b.url}/v1"
 
 
-@pytest.fixture
-def versions(registry: Registry, engines: tuple[str, str]) -> tuple[str, str]:
+def register_pair(registry: Registry, engines: tuple[str, str]) -> tuple[str, str]:
+    """Route ``chat``: version 1 @champion on the first engine, 2 @challenger on the second."""
     v1 = registry.register_endpoint(
         "chat", base_url=engines[0], remote_model="m", params={}, alias="champion"
     )
@@ -61,6 +61,11 @@ def versions(registry: Registry, engines: tuple[str, str]) -> tuple[str, str]:
         "chat", base_url=engines[1], remote_model="m", params={}, alias="challenger"
     )
     return v1, v2
+
+
+@pytest.fixture
+def versions(registry: Registry, engines: tuple[str, str]) -> tuple[str, str]:
+    return register_pair(registry, engines)
 
 
 def _running(
