@@ -1,6 +1,6 @@
 """Synthetic canaries: users with known true rates, run look after look through the real policy.
 
-The model (shared by ``benchmarks/sequential.py`` and ``canary simulate``):
+The model (what ``canary simulate`` sends over HTTP, and these runners draw at once):
 
 * :class:`ArmTruth` — what an arm really is: the probability that a user gives a successful
   answer a thumbs up, the share of requests that fail, and a log-normal latency.
