@@ -137,6 +137,7 @@ def test_an_srm_halt_is_resumable_by_an_admin(router: tuple[httpx.Client, Any]) 
         == 200
     )
     _requests(http, [f"u-{i}" for i in range(80)])
+    _logged(http, exp, 80)
     halted = _evaluate(http, exp)
     assert (halted["action"], halted["acted"]) == ("halt", True), halted["reasons"]
     assert http.get(f"/v1/experiments/{exp['id']}").json()["status"] == "halted"
