@@ -79,14 +79,6 @@ class Analysis:
     decision: Decision
 
     @property
-    def weights(self) -> Mapping[str, float]:
-        return self.look.weights
-
-    @property
-    def stage_units(self) -> Mapping[str, int]:
-        return self.look.stage_units
-
-    @property
     def errors_guardrail_test(self) -> SequentialTest | None:
         """The error bound's always-valid test (None in its burn-in)."""
         return None if self.errors_guardrail is None else self.errors_guardrail.sequential

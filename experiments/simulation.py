@@ -278,7 +278,9 @@ def run_experiment(
         share = policy.stages[stage] / 100.0
         phase = len(advances)  # each stage is one phase: new units only, no pauses
         new_champion, new_challenger = (in_phase(s, phase) for s in next_batch(share))
-        champion, challenger = combine(champion, new_champion), combine(challenger, new_challenger)
+        # The latency a look reads is the stage's (below), not the whole experiment's.
+        champion = combine(champion, replace(new_champion, latency_ms=()))
+        challenger = combine(challenger, replace(new_challenger, latency_ms=()))
         stage_units["champion"] += new_champion.units
         stage_units["challenger"] += new_challenger.units
         stage_latency["champion"] += new_champion.latency_ms

@@ -137,18 +137,7 @@ class Evaluator:
             champion_version=r.champion.version,
             challenger_version=version,
             actor=actor,
-            reasons=[
-                f"started by {actor}",
-                *(
-                    [
-                        f"forced: version {version!r} ended {earlier[0]['status']} in "
-                        f"{earlier[0]['id']!r}"
-                    ]
-                    if earlier
-                    else []
-                ),
-                *([f"reason: {reason}"] if reason else []),
-            ],
+            reasons=_start_reasons(actor, earlier[0] if earlier else None, reason),
         )
         if row is None:
             raise Conflict(f"An experiment is already live on route {route!r}.")
@@ -460,6 +449,19 @@ class Evaluator:
             move = self._registry.promote if action == "promote" else self._registry.rollback
             move(exp["route"], actor=actor, reason=reason, decision_id=exp["id"])
         store.update_experiment(conn, experiment_id=exp["id"], status=_ENDS[action])
+
+
+def _start_reasons(actor: str, rejected: dict[str, Any] | None, reason: str | None) -> list[str]:
+    """Why an experiment started: who, the earlier end it overrode (forced), the reason."""
+    reasons = [f"started by {actor}"]
+    if rejected is not None:
+        reasons.append(
+            f"forced: version {rejected['challenger_version']!r} ended {rejected['status']} "
+            f"in {rejected['id']!r}"
+        )
+    if reason:
+        reasons.append(f"reason: {reason}")
+    return reasons
 
 
 _POLICY = TypeAdapter(Policy)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -35,8 +35,8 @@ def phases_of(exp: Mapping[str, Any]) -> list[dict[str, Any]]:
     started_at, ended_at}``. A phase ends when the next starts; an ended experiment's last
     phase when it ended, a live one's is open (None)."""
     phases = exp["phases"]
-    ended = None if exp["status"] in LIVE else _aware(exp["updated_at"])
-    starts = [datetime.fromisoformat(p["started_at"]) for p in phases]
+    ended = None if exp["status"] in LIVE else store.aware(exp["updated_at"])
+    starts = [store.aware(p["started_at"]) for p in phases]
     return [
         {
             "index": k,
@@ -53,8 +53,8 @@ def phases_of(exp: Mapping[str, Any]) -> list[dict[str, Any]]:
 def report_data(engine: Engine, exp: dict[str, Any], analysis: Analysis) -> dict[str, Any]:
     """``experiments.report.render_html``'s input for ``exp`` with its current ``analysis``."""
     decisions = store.list_decisions(engine, experiment_id=exp["id"])
-    ended = _aware(exp["updated_at"]) if exp["status"] not in LIVE else utcnow()
-    span_s = max((ended - _aware(exp["created_at"])).total_seconds(), 1.0)
+    ended = store.aware(exp["updated_at"]) if exp["status"] not in LIVE else utcnow()
+    span_s = max((ended - store.aware(exp["created_at"])).total_seconds(), 1.0)
     buckets = timeline(
         engine,
         route=exp["route"],
@@ -193,10 +193,5 @@ def _param(value: Any) -> str:
     return str(value)
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes for UTC columns; Postgres aware ones."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime) -> str:
-    return _aware(moment).isoformat()
+    return store.aware(moment).isoformat()
