@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,23 @@ from registry.bundled import resolve_gguf
 from router.api import errors
 from router.api.body_guard import BodyGuard
 from router.api.chat_rows import ChatRows
-from router.api.routes import arena, chat, dashboard, experiments, feedback, health, models, votes
+from router.api.routes import (
+    arena,
+    audit,
+    chat,
+    dashboard,
+    experiments,
+    feedback,
+    health,
+    keys,
+    models,
+    votes,
+)
+from router.auth.admin_token import announce, ensure_admin_token
+from router.auth.audit import Auditor
+from router.auth.keys import KeyRing
+from router.auth.limits import RateLimiter
+from router.auth.principal import Gate
 from router.completions import ChatService
 from router.config import Settings
 from router.engine_checks import EngineChecker
@@ -50,9 +67,23 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        admin_token, generated = ensure_admin_token(settings)
+        if generated:
+            announce(admin_token, settings)
         metrics = Metrics()
         engine = create_db_engine(settings.db_url)
         await run_in_threadpool(migrate, engine)
+        key_ring = KeyRing(engine, refresh_s=settings.keys_refresh_s)
+        await key_ring.load()
+        refreshing_keys = asyncio.create_task(key_ring.run())
+        limiter = RateLimiter(
+            redis_url=settings.redis_url,
+            default_rpm=settings.rate_limit_rpm,
+            default_tpm=settings.rate_limit_tpm,
+            metrics=metrics,
+        )
+        app.state.gate = Gate(mode=settings.auth_mode, admin_token=admin_token, keys=key_ring)
+        app.state.limiter, app.state.auditor = limiter, Auditor(engine)
         writer = LogWriter(
             engine,
             metrics=metrics,
@@ -82,7 +113,13 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         for route in routes:
             for arm, weight in route.weights.items():
                 metrics.traffic_weight.labels(route.name, arm).set(weight)
-        service = ChatService(routes=routes, writer=writer, metrics=metrics, settings=settings)
+        service = ChatService(
+            routes=routes,
+            writer=writer,
+            metrics=metrics,
+            settings=settings,
+            spend=limiter.spend,
+        )
         registry = source.registry if isinstance(source, RegistryArmSource) else None
         webhook = Webhook(settings.webhook_url) if settings.webhook_url else None
         evaluator = Evaluator(
@@ -100,13 +137,20 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
             engines=engines,
             draining=lambda: service.draining,
         )
-        log.info("router ready", extra={"routes": [r.name for r in routes]})
+        log.info(
+            "router ready",
+            extra={"routes": [r.name for r in routes], "auth": settings.auth_mode},
+        )
         try:
             yield
         finally:
             # Order matters: finish shadow calls, then drain the log, then free models.
             evaluating.cancel()
             checking.cancel()
+            refreshing_keys.cancel()
+            with contextlib.suppress(Exception):  # last uses: not worth failing shutdown
+                await key_ring.flush()
+            await limiter.aclose()
             await database.aclose()
             await evaluator.aclose()  # reports being logged to MLflow
             if webhook is not None:
@@ -126,7 +170,8 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (chat, models, feedback, health, votes, experiments, arena, dashboard):
+    modules = (chat, models, feedback, health, votes, experiments, arena, dashboard, keys, audit)
+    for module in modules:
         app.include_router(module.router)
     if settings.ui_enabled:
         _mount_ui(app, settings)
@@ -150,4 +195,5 @@ def _mount_ui(app: FastAPI, settings: Settings) -> None:
     from ui.client import RouterClient  # gradio loads only when the UI is served
     from ui.mount import mount_ui
 
-    mount_ui(app, RouterClient(settings.ui_router_url))
+    api_key = settings.ui_api_key.get_secret_value() if settings.ui_api_key else None
+    mount_ui(app, RouterClient(settings.ui_router_url, api_key=api_key))

@@ -25,7 +25,8 @@ import orjson
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from router.assignment import ArmName
+from router.assignment import ArmName, Unit, unit_of
+from router.auth.principal import Principal
 from router.completions import ChatService
 from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
 from router.inference_log import crud
@@ -73,12 +74,19 @@ class Arena:
     """Battles on the routes of one ``ChatService``; cheap, made per request."""
 
     def __init__(
-        self, *, chat: ChatService, engine: Engine, writer: LogWriter, metrics: Metrics
+        self,
+        *,
+        chat: ChatService,
+        engine: Engine,
+        writer: LogWriter,
+        metrics: Metrics,
+        principal: Principal,
     ) -> None:
         self._chat = chat
         self._engine = engine
         self._writer = writer
         self._metrics = metrics
+        self._principal = principal  # who asks: battles are theirs, votes bound to them
 
     # -- battles --------------------------------------------------------------------------
     async def battle(self, body: BattleIn) -> BattlePublic:
@@ -95,22 +103,26 @@ class Arena:
         a vote is accepted once both answers are logged.
         """
         request, unit, arms = self._draw(body)
-        sides = [self._chat.stream_arm(request, arm=arm, reason=ARENA, unit=unit) for arm in arms]
+        key_id = self._principal.key_id
+        sides = [
+            self._chat.stream_arm(request, arm=arm, reason=ARENA, unit=unit, key_id=key_id)
+            for arm in arms
+        ]
         row = await self._store(request.model, unit, [record.request_id for record, _ in sides])
         return self._events(row, sides)
 
     async def follow_up(self, battle_id: str, body: BattleTurnIn) -> BattlePublic:
         """The next turn: each side answers ``body`` after its own earlier turns."""
         battle, requests, arms = await self._next_turn(battle_id, body)
-        ids, answers = await self._complete(requests, arms, battle["unit_id"])
+        ids, answers = await self._complete(requests, arms, self._unit_of(battle))
         return _public(await self._advance(battle, ids), answers)
 
     async def follow_up_stream(self, battle_id: str, body: BattleTurnIn) -> AsyncIterator[bytes]:
         """``follow_up`` as server-sent events, the same ones a streamed battle sends."""
         battle, requests, arms = await self._next_turn(battle_id, body)
-        unit = battle["unit_id"]
+        unit, key_id = self._unit_of(battle), self._principal.key_id
         sides = [
-            self._chat.stream_arm(request, arm=arm, reason=ARENA, unit=unit)
+            self._chat.stream_arm(request, arm=arm, reason=ARENA, unit=unit, key_id=key_id)
             for request, arm in zip(requests, arms, strict=True)
         ]
         try:
@@ -171,7 +183,7 @@ class Arena:
         )
 
     # -- steps ----------------------------------------------------------------------------
-    def _draw(self, body: BattleIn) -> tuple[ChatCompletionRequest, str, tuple[ArmName, ...]]:
+    def _draw(self, body: BattleIn) -> tuple[ChatCompletionRequest, Unit, tuple[ArmName, ...]]:
         """The chat request both arms get, the unit, and the arms in side order (a, b)."""
         request = ChatCompletionRequest(
             model=body.route,
@@ -187,7 +199,10 @@ class Arena:
                 f"Route {route.name!r} has no challenger: a battle needs both arms.",
                 code="no_challenger",
             )
-        unit = body.user or f"anon-{uuid.uuid4().hex}"
+        self._principal.require_route(route.name)
+        unit = unit_of(user=body.user, key_id=self._principal.key_id)
+        if unit.id is None:
+            unit = Unit(f"anon-{uuid.uuid4().hex}")
         arms: tuple[ArmName, ...] = ("champion", "challenger")
         if secrets.randbelow(2):
             arms = arms[::-1]
@@ -257,12 +272,13 @@ class Arena:
         self,
         requests: Sequence[ChatCompletionRequest],
         arms: tuple[ArmName, ...],
-        unit: str,
+        unit: Unit,
     ) -> tuple[list[str], list[BattleAnswer]]:
         """Each side's request to its arm, at once: the rows' ids and the answers."""
+        key_id = self._principal.key_id
         results = await asyncio.gather(
             *(
-                self._chat.complete_arm(request, arm=arm, reason=ARENA, unit=unit)
+                self._chat.complete_arm(request, arm=arm, reason=ARENA, unit=unit, key_id=key_id)
                 for request, arm in zip(requests, arms, strict=True)
             ),
             return_exceptions=True,
@@ -301,18 +317,27 @@ class Arena:
             )
         return row
 
-    async def _store(self, route: str, unit: str, request_ids: list[str]) -> dict[str, Any]:
+    async def _store(self, route: str, unit: Unit, request_ids: list[str]) -> dict[str, Any]:
         row = await run_in_threadpool(
             crud.insert_battle,
             self._engine,
             battle_id=f"battle-{uuid.uuid4().hex}",
             route=route,
-            unit_id=unit,
+            unit_id=unit.id,
             request_id_a=request_ids[0],
             request_id_b=request_ids[1],
+            key_id=self._principal.key_id,
         )
         self._metrics.arena_battles.labels(route).inc()
         return row
+
+    def _unit_of(self, battle: dict[str, Any]) -> Unit:
+        """The battle's unit, for its follow-ups' rows: where it came from is told by
+        the id (a fresh ``anon-`` id, the key's id, or the user the battle named)."""
+        unit_id: str = battle["unit_id"]
+        if unit_id.startswith("anon-"):
+            return Unit(unit_id)
+        return Unit(unit_id, "key" if unit_id == battle.get("key_id") else "user")
 
     async def _battle(self, battle_id: str) -> dict[str, Any]:
         """The stored battle with both rows; rows still in the writer's buffer are committed."""

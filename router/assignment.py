@@ -17,6 +17,39 @@ BUCKETS = 10_000
 
 ArmName = Literal["champion", "challenger"]
 Reason = Literal["hash", "unassigned", "override", "champion_only"]
+#: Where a request's unit came from, in order of precedence.
+UnitSource = Literal["user", "safety_identifier", "header", "key"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """The unit a request is assigned by, and where it came from; ``id`` None: none given."""
+
+    id: str | None = None
+    source: UnitSource | None = None
+
+
+NO_UNIT = Unit()
+
+
+def unit_of(
+    *,
+    user: str | None = None,
+    safety_identifier: str | None = None,
+    header: str | None = None,
+    key_id: str | None = None,
+) -> Unit:
+    """The body's ``user``, else its ``safety_identifier`` (OpenAI's successor to
+    ``user``), else header ``X-Canary-Unit``, else the API key's id, else none."""
+    for value, source in (
+        (user, "user"),
+        (safety_identifier, "safety_identifier"),
+        (header, "header"),
+        (key_id, "key"),
+    ):
+        if value:
+            return Unit(value, source)  # type: ignore[arg-type]
+    return NO_UNIT
 
 
 @dataclass(frozen=True, slots=True)

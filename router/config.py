@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,16 @@ from pydantic_settings import (
 )
 
 from router.backends import BackendSpec
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class RouteConfig(BaseModel):
@@ -73,7 +84,41 @@ class Settings(BaseSettings):
     token_prices: dict[str, TokenPrice] = Field(
         default_factory=dict, description="By model name, or name@version for one version."
     )
-    admin_token: SecretStr | None = None
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="None: generated on first start into data_dir/admin_token (mode 0600).",
+    )
+
+    # Who may call: client API keys, rate limits, votes (router.auth).
+    auth: Literal["open", "keys"] | None = Field(
+        default=None,
+        description="open: no client key needed; keys: every client endpoint needs "
+        "'Authorization: Bearer <key>'. None: open on a loopback host, keys otherwise.",
+    )
+    allow_open_auth_on_public_host: bool = Field(
+        default=False,
+        description="Let auth=open serve on a non-loopback host (refused otherwise).",
+    )
+    keys_refresh_s: float = Field(
+        default=5.0, gt=0, description="How often keys (and revocations) are re-read."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CANARY_REDIS_URL", "redis_url"),
+        description="Rate-limit counters shared by every replica; None: in this process.",
+    )
+    rate_limit_rpm: int | None = Field(
+        default=None, ge=1, description="Requests per minute of a key without its own."
+    )
+    rate_limit_tpm: int | None = Field(
+        default=None, ge=1, description="Tokens per minute of a key without its own."
+    )
+    max_votes_per_voter: int = Field(
+        default=200, ge=1, description="Votes one voter may cast per route and experiment."
+    )
+    ui_api_key: SecretStr | None = Field(
+        default=None, description="The key the mounted UI calls the router with (keys mode)."
+    )
 
     ui_enabled: bool = Field(default=True, description="Serve the Gradio UI at /ui.")
     ui_router_url: str | None = Field(
@@ -141,6 +186,13 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def auth_mode(self) -> Literal["open", "keys"]:
+        """``auth`` as set, else ``open`` on a loopback host and ``keys`` elsewhere."""
+        if self.auth is not None:
+            return self.auth
+        return "open" if is_loopback(self.host) else "keys"
 
     @property
     def db_url(self) -> str:

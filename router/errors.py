@@ -12,6 +12,7 @@
     │   ├── NotFound                404 (unknown request id, ...)
     │   │   └── RouteNotFound       404 model_not_found
     │   ├── Conflict                409
+    │   ├── RateLimited             429 rate_limit_exceeded (with Retry-After)
     │   ├── RequestTimeout          408 request_timeout: the body did not arrive in time
     │   ├── PayloadTooLarge         413
     │   └── ClientDisconnected      499 client_disconnected: the body was abandoned
@@ -26,6 +27,8 @@ field at fault when one is known (``messages.0.content``), else null.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class CanaryError(Exception):
@@ -79,7 +82,7 @@ class ContextLengthExceeded(ClientError):
 
 
 class Unauthorized(ClientError):
-    """No or wrong admin token."""
+    """No API key or admin token where one is needed, or one nobody issued."""
 
     status_code = 401
     type = "authentication_error"
@@ -113,6 +116,19 @@ class Conflict(ClientError):
 
     status_code = 409
     code = "conflict"
+
+
+class RateLimited(ClientError):
+    """The client's key is over its requests or tokens per minute; retry after a while."""
+
+    status_code = 429
+    type = "requests"  # OpenAI's type for rate limits
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        self.headers = {"retry-after": str(self.retry_after_s)}
 
 
 class InvalidJSON(ClientError):

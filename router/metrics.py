@@ -167,6 +167,26 @@ class Metrics:
             ("route", "action", "acted"),
             registry=r,
         )
+        # Keys and rate limits. ``key`` is a key id: keys are made by an admin, so the
+        # label's values are bounded like routes and versions.
+        self.rate_limited = Counter(
+            "canary_rate_limited",
+            "Requests refused with 429, by key and by the limit they hit (rpm, tpm).",
+            ("key", "limit"),
+            registry=r,
+        )
+        self.key_limit = Gauge(
+            "canary_key_limit",
+            "Each key's limit per minute (rpm: requests, tpm: tokens) as last applied.",
+            ("key", "limit"),
+            registry=r,
+        )
+        self.auth_refused = Counter(
+            "canary_auth_refused",
+            "Calls refused for their credentials, by HTTP status (401, 403).",
+            ("status",),
+            registry=r,
+        )
         self.report_log_failures = Counter(
             "canary_report_log_failures",
             "Failed attempts to log an ended experiment's report to MLflow (each is retried).",

@@ -6,7 +6,7 @@ The UI and other programs may import these; nothing here imports the rest of the
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,6 +44,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="A 64-bit int.")
     user: str | None = Field(default=None, max_length=200, description="Unit id for assignment.")
+    safety_identifier: str | None = Field(
+        default=None, max_length=200, description="The unit when ``user`` is not given."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -126,6 +129,8 @@ class RequestPublic(BaseModel):
     served_model_version: str | None
     shadow_of: str | None
     unit_id: str | None
+    unit_source: str | None = None
+    key_id: str | None = None
     assignment_reason: str | None
     bucket: int | None
     stream: bool
@@ -165,6 +170,19 @@ class RoutePublic(BaseModel):
     shadow: bool
     champion: ArmPublic
     challenger: ArmPublic | None
+
+
+class KeyIn(BaseModel):
+    """``POST /v1/keys``: a client key's name, and optionally its routes and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    routes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=100, description="Routes the key may use; None: all."
+    )
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute.")
 
 
 class WeightsIn(BaseModel):

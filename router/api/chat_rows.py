@@ -53,7 +53,11 @@ class ChatRows:
             service = scope["app"].state.service
             route = _route_of(b"".join(body))
             row_status = DISCONNECTED if http_status == 499 else _REJECTED
-            service.log_rejected(route, message, http_status, code, status=row_status)
+            principal = state.get("principal")  # set once the caller was authenticated
+            key_id = principal.key_id if principal is not None else None
+            service.log_rejected(
+                route, message, http_status, code, status=row_status, key_id=key_id
+            )
 
         async def watch(message: Message) -> None:
             nonlocal status, reply

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from router.cli.admin_http import add_router_arguments, call, report_error, unreachable
 
 #: Actions on an experiment that go to ``POST /v1/experiments/{id}/{action}``.
 ACTIONS = ("evaluate", "promote", "rollback", "advance", "pause", "resume")
@@ -23,14 +24,6 @@ FORCEABLE = {
     "promotion_not_supported_by_data": "add --force (and --reason) to promote anyway",
     "version_rejected": "add --force (and --reason) to start it anyway",
 }
-
-
-def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    token = args.token or os.environ.get("CANARY_ADMIN_TOKEN")
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(
-        method, f"{args.router.rstrip('/')}{path}", headers=headers, timeout=120, **kwargs
-    )
 
 
 def _action_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,12 +61,12 @@ def _run(args: argparse.Namespace) -> int:
                     return 2
             if args.auto is not None:
                 body["policy"] = {"auto": args.auto}
-            response = _call(args, "POST", "/v1/experiments", json=body)
+            response = call(args, "POST", "/v1/experiments", json=body)
         elif args.action == "status":
             path = f"/v1/experiments/{args.target}" if args.target else "/v1/experiments"
-            response = _call(args, "GET", path)
+            response = call(args, "GET", path)
         elif args.action == "report":
-            response = _call(args, "GET", f"/v1/experiments/{args.target}/report")
+            response = call(args, "GET", f"/v1/experiments/{args.target}/report")
             if response.status_code == 200:
                 out = Path(args.out or f"{args.target}.html")
                 out.write_text(response.text)
@@ -81,21 +74,11 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
         else:
             path = f"/v1/experiments/{args.target}/{args.action}"
-            response = _call(args, "POST", path, json=_action_body(args) or None)
+            response = call(args, "POST", path, json=_action_body(args) or None)
     except httpx.HTTPError as exc:
-        print(
-            f"canary experiment: error: router at {args.router} unreachable: {exc}", file=sys.stderr
-        )
-        return 2
+        return unreachable("canary experiment", args, exc)
     if response.status_code >= 400:
-        code = None
-        try:
-            error = response.json()["error"]
-            message, code = error["message"], error.get("code")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            message = response.text[:200]
-        status = f"HTTP {response.status_code}" + (f" ({code})" if code else "")
-        print(f"canary experiment: error: {status}: {message}", file=sys.stderr)
+        code = report_error("canary experiment", response)
         if code in FORCEABLE:
             print(f"canary experiment: {FORCEABLE[code]}", file=sys.stderr)
         return 2
@@ -110,8 +93,7 @@ def add_experiment_commands(subparsers: Any) -> None:
     )
     p.add_argument("action", choices=["start", "status", *ACTIONS, "report"])
     p.add_argument("target", nargs="?", help="route (start) or experiment id (the others)")
-    p.add_argument("--router", default=os.environ.get("CANARY_ROUTER", "http://127.0.0.1:8000"))
-    p.add_argument("--token", help="admin token (default: CANARY_ADMIN_TOKEN)")
+    add_router_arguments(p)
     p.add_argument("--stages", help="challenger percent per stage, e.g. 5,25,50 (start)")
     p.add_argument(
         "--auto",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,8 +39,10 @@ class Ledger:
         metrics: Metrics,
         settings: Settings,
         drain: Drain,
+        spend: Callable[[str, int], None] | None = None,
     ) -> None:
         self._routes = routes
+        self._spend = spend  # charges a key's tokens to its tokens-per-minute limit
         self._writer = writer
         self._metrics = metrics
         self._settings = settings
@@ -137,6 +140,9 @@ class Ledger:
         self._metrics.in_flight.labels(route_label(record.route, self._routes)).dec()
         self._writer.submit(record.row(store_prompts=self._settings.store_prompts))
         self._count(record)
+        tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        if self._spend is not None and record.key_id is not None and tokens:
+            self._spend(record.key_id, tokens)
         log.info(
             "chat completion",
             extra={

@@ -17,7 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TypeVar
 
-from router.assignment import ArmName, assign
+from router.assignment import ArmName, Unit, assign
 from router.backends import ChatParams, Completion, Delta
 from router.completions.drain import Drain, answer_within
 from router.completions.ledger import Ledger
@@ -49,13 +49,24 @@ class ChatService:
     """Answers chat requests for every route; owns shadow tasks until ``close``."""
 
     def __init__(
-        self, *, routes: RouteTable, writer: LogWriter, metrics: Metrics, settings: Settings
+        self,
+        *,
+        routes: RouteTable,
+        writer: LogWriter,
+        metrics: Metrics,
+        settings: Settings,
+        spend: Callable[[str, int], None] | None = None,
     ) -> None:
         self.routes = routes
         self._settings = settings
         self._drain = Drain()
         self._ledger = Ledger(
-            routes=routes, writer=writer, metrics=metrics, settings=settings, drain=self._drain
+            routes=routes,
+            writer=writer,
+            metrics=metrics,
+            settings=settings,
+            drain=self._drain,
+            spend=spend,
         )
         self._streams = StreamRelay(
             ledger=self._ledger, drain=self._drain, timeout_s=settings.request_timeout_s
@@ -93,22 +104,32 @@ class ChatService:
 
     # -- entry points -------------------------------------------------------------------
     async def complete(
-        self, body: ChatCompletionRequest, *, unit: str | None, arm_override: str | None
+        self,
+        body: ChatCompletionRequest,
+        *,
+        unit: Unit,
+        key_id: str | None = None,
+        arm_override: str | None = None,
     ) -> tuple[bytes, dict[str, str]]:
         """A whole ``chat.completion``: the JSON body and the response headers."""
-        started = self._start(body, unit, arm_override, None)
+        started = self._start(body, unit, key_id, arm_override, None)
         record, result = await self._answer(started, fallback=True)
         return completion_json(record, result), headers(record)
 
     async def stream(
-        self, body: ChatCompletionRequest, *, unit: str | None, arm_override: str | None
+        self,
+        body: ChatCompletionRequest,
+        *,
+        unit: Unit,
+        key_id: str | None = None,
+        arm_override: str | None = None,
     ) -> tuple[AsyncIterator[bytes], dict[str, str]]:
         """Server-sent ``chat.completion.chunk`` events and the response headers.
 
         The first token is awaited before returning, so a challenger that fails to start
         still falls back to the champion and the headers name the arm that answers.
         """
-        record, route, arm, params = self._start(body, unit, arm_override, None)
+        record, route, arm, params = self._start(body, unit, key_id, arm_override, None)
         deltas, head = await self._open(record, route, arm, params, fallback=True)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = sse(record, self._streams.relay(record, deltas, head), include_usage)
@@ -118,18 +139,30 @@ class ChatService:
         return events, headers(record)
 
     async def complete_arm(
-        self, body: ChatCompletionRequest, *, arm: ArmName, reason: str, unit: str | None
+        self,
+        body: ChatCompletionRequest,
+        *,
+        arm: ArmName,
+        reason: str,
+        unit: Unit,
+        key_id: str | None = None,
     ) -> tuple[RequestRecord, Completion]:
         """A whole answer from ``arm`` itself: no split, no fallback, no shadow copy.
 
         The row records ``arm`` and ``reason``. Raises like ``complete``; a ``CanaryError``
         carries the ``request_id`` of the row that logged it.
         """
-        started = self._start(body, unit, None, ForcedArm(arm, reason))
+        started = self._start(body, unit, key_id, None, ForcedArm(arm, reason))
         return await self._answer(started, fallback=False)
 
     def stream_arm(
-        self, body: ChatCompletionRequest, *, arm: ArmName, reason: str, unit: str | None
+        self,
+        body: ChatCompletionRequest,
+        *,
+        arm: ArmName,
+        reason: str,
+        unit: Unit,
+        key_id: str | None = None,
     ) -> tuple[RequestRecord, AsyncGenerator[str, None]]:
         """The row being filled and the text pieces of ``arm``'s streamed answer.
 
@@ -137,7 +170,9 @@ class ChatService:
         first. A failure, before or after the first piece, is logged and raised from the
         iteration; the row is logged once the pieces end.
         """
-        record, route, chosen, params = self._start(body, unit, None, ForcedArm(arm, reason))
+        record, route, chosen, params = self._start(
+            body, unit, key_id, None, ForcedArm(arm, reason)
+        )
         # Hold the version now: a swap before the first iteration must not close it.
         self._ledger.hold(record, chosen)
         pieces = self._open_and_relay(record, route, chosen, params)
@@ -157,10 +192,18 @@ class ChatService:
         return route
 
     def log_rejected(
-        self, route: str, message: str, status_code: int, code: str, *, status: str = REJECTED
+        self,
+        route: str,
+        message: str,
+        status_code: int,
+        code: str,
+        *,
+        status: str = REJECTED,
+        key_id: str | None = None,
     ) -> None:
         """Log a request refused before it reached a route (malformed JSON, bad fields)."""
         record = self._ledger.open(route, stream=False, messages=None)
+        record.key_id = key_id
         record.status, record.http_status = status, status_code
         record.error_type, record.error_message = code, message
         self._ledger.finish(record)
@@ -169,13 +212,15 @@ class ChatService:
     def _start(
         self,
         body: ChatCompletionRequest,
-        unit: str | None,
+        unit: Unit,
+        key_id: str | None,
         arm_override: str | None,
         forced: ForcedArm | None,
     ) -> Started:
         """The request's row, route, arm and parameters; a refusal is logged and raised."""
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         record = self._ledger.open(body.model, stream=body.stream, messages=messages)
+        record.key_id = key_id
         try:
             return (record, *self._prepare(record, body, unit, arm_override, forced))
         except BaseException as exc:
@@ -187,12 +232,12 @@ class ChatService:
         self,
         record: RequestRecord,
         body: ChatCompletionRequest,
-        unit: str | None,
+        unit: Unit,
         arm_override: str | None,
         forced: ForcedArm | None,
     ) -> tuple[Route, Arm, ChatParams]:
         route = self.check(body)
-        unit_id = body.user or unit
+        unit_id = unit.id
         reason: str
         if forced is None:
             a = assign(
@@ -215,6 +260,7 @@ class ChatService:
         record.experiment_id = route.experiment_id
         record.arm, record.model_name, record.model_version = role, arm.model, arm.version
         record.unit_id, record.assignment_reason = unit_id, reason
+        record.unit_source = unit.source
         params = ChatParams(
             messages=[{"role": _role(m.role), "content": m.content} for m in body.messages],
             max_tokens=body.max_completion_tokens or body.max_tokens,

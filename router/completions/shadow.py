@@ -61,6 +61,7 @@ class Shadows:
             record.model_name, record.model_version = challenger.model, challenger.version
             record.served_model_version = challenger.version
             record.unit_id, record.assignment_reason = parent.unit_id, parent.assignment_reason
+            record.unit_source, record.key_id = parent.unit_source, parent.key_id
             self._ledger.hold(record, challenger)
             try:
                 result = await answer_within(

@@ -114,6 +114,7 @@ def insert_battle(
     unit_id: str,
     request_id_a: str,
     request_id_b: str,
+    key_id: str | None = None,
 ) -> dict[str, Any]:
     """Store an arena battle: the two answers' request ids in side order."""
     stmt = (
@@ -125,6 +126,7 @@ def insert_battle(
             unit_id=unit_id,
             request_id_a=request_id_a,
             request_id_b=request_id_b,
+            key_id=key_id,
         )
         .returning(*BATTLES.c)
     )

@@ -46,6 +46,8 @@ class InferenceRecord(SQLModel, table=True):
     served_model_version: str | None = Field(default=None, max_length=64)
     shadow_of: str | None = Field(default=None, max_length=64)
     unit_id: str | None = Field(default=None, max_length=200)
+    #: Where the unit came from: user, safety_identifier, header, key; None: a fresh id.
+    unit_source: str | None = Field(default=None, max_length=24)
     assignment_reason: str | None = Field(default=None, max_length=16)
     bucket: int | None = None
     stream: bool = False
@@ -66,6 +68,7 @@ class InferenceRecord(SQLModel, table=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None
+    key_id: str | None = Field(default=None, max_length=32)  # the client's API key
 
 
 class Feedback(SQLModel, table=True):
@@ -79,6 +82,7 @@ class Feedback(SQLModel, table=True):
     unit_id: str = Field(max_length=200)
     value: str = Field(max_length=8)
     comment: str | None = Field(default=None, sa_column=Column(Text))
+    key_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
@@ -96,12 +100,15 @@ class Vote(SQLModel, table=True):
     """A blind side-by-side vote between two logged answers of one route.
 
     Which arm won is not stored: the analysis joins ``request_id_a``/``request_id_b`` to
-    their rows' ``arm``, so a vote can never disagree with the log.
+    their rows' ``arm``, so a vote can never disagree with the log. ``unit_id`` is the
+    voter: one vote per voter per pair (``/v1/votes`` stores a pair in ascending id
+    order), one per battle in the arena.
     """
 
     __tablename__ = "votes"
     __table_args__ = (
         UniqueConstraint("battle_id", name="uq_votes_battle_id"),
+        Index("uq_votes_voter_pair", "unit_id", "request_id_a", "request_id_b", unique=True),
         CheckConstraint("winner IN ('a', 'b', 'tie', 'both_bad')", name="ck_votes_winner"),
         Index("ix_votes_route_created", "route", "created_at"),
     )
@@ -114,6 +121,7 @@ class Vote(SQLModel, table=True):
     winner: str = Field(max_length=8)
     unit_id: str | None = Field(default=None, max_length=200)
     battle_id: str | None = Field(default=None, max_length=64)
+    key_id: str | None = Field(default=None, max_length=32)
 
 
 class ArenaBattle(SQLModel, table=True):
@@ -135,6 +143,7 @@ class ArenaBattle(SQLModel, table=True):
     request_id_b: str = Field(max_length=64)
     #: Prompts so far; ``request_id_a``/``request_id_b`` are the latest turn's answers.
     turns: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    key_id: str | None = Field(default=None, max_length=32)  # whose battle it is
 
 
 class UnitTotals(SQLModel, table=True):

@@ -46,6 +46,8 @@ class RequestRecord:
     served_model_version: str | None = None
     shadow_of: str | None = None
     unit_id: str | None = None
+    unit_source: str | None = None
+    key_id: str | None = None
     assignment_reason: str | None = None
     bucket: int | None = None
     response_text: str | None = None
@@ -103,6 +105,8 @@ class RequestRecord:
             "served_model_version": self.served_model_version,
             "shadow_of": self.shadow_of,
             "unit_id": self.unit_id,
+            "unit_source": self.unit_source,
+            "key_id": self.key_id,
             "assignment_reason": self.assignment_reason,
             "bucket": self.bucket,
             "stream": self.stream,

@@ -360,6 +360,10 @@ class LogWriter:
         log.exception(message)
 
 
+#: Columns newer than some journal a previous version may have left: null when replayed.
+_ADDED_COLUMNS: Row = {"key_id": None, "unit_source": None}
+
+
 def _storable(row: Row) -> tuple[Row, bytes]:
     """The row made storable (nothing a client sent may fail a batch) and its journal line.
 
@@ -390,7 +394,7 @@ def _read(path: Path) -> tuple[list[Row], list[tuple[Any, str]]]:
         if not line.strip():
             continue
         try:
-            row = orjson.loads(line)
+            row = {**_ADDED_COLUMNS, **orjson.loads(line)}
             row["created_at"] = datetime.fromisoformat(row["created_at"])
             rows.append(row)
         except Exception as exc:

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
+import router.auth.models
 import router.evaluation.models
 import router.inference_log.models  # noqa: F401
 

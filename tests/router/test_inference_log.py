@@ -145,6 +145,7 @@ async def test_stream_abandoned_before_its_first_event_is_logged(
     from functools import partial
 
     from registry.bundled import resolve_gguf
+    from router.assignment import Unit
     from router.completions import ChatService
     from router.routes_table import RouteTable, StaticArmSource
     from router.schemas import ChatCompletionRequest
@@ -161,7 +162,7 @@ async def test_stream_abandoned_before_its_first_event_is_logged(
     body = ChatCompletionRequest.model_validate(
         {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     )
-    events, headers = await service.stream(body, unit="u", arm_override=None)
+    events, headers = await service.stream(body, unit=Unit("u", "header"))
     del events  # the server never sends a byte: the client left right after asking
     gc.collect()
     await writer.close()

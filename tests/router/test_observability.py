@@ -277,9 +277,9 @@ def test_admin_moves_the_split_at_run_time(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("authorization", "status", "code"),
     [
-        (None, 401, "invalid_api_key"),
-        (f"Token {TOKEN}", 401, "invalid_api_key"),
-        ("Bearer wrong-token", 403, "forbidden"),
+        (None, 401, "missing_admin_token"),
+        (f"Token {TOKEN}", 401, "missing_admin_token"),
+        ("Bearer wrong-token", 403, "invalid_admin_token"),
     ],
     ids=["no-token", "not-bearer", "wrong-token"],
 )
@@ -297,13 +297,15 @@ def test_weight_change_needs_the_admin_token(
     )
 
 
-def test_weight_change_is_refused_when_admin_is_disabled(router: Running) -> None:
-    with httpx.Client(base_url=router[0].url) as http:
+def test_weight_change_needs_the_generated_admin_token(router: Running) -> None:
+    """No admin token configured: the router made one, and only it is accepted."""
+    server, app = router
+    with httpx.Client(base_url=server.url) as http:
         r = set_weight(http, 100, "Bearer anything")
-    assert r.status_code == 403
-    error = r.json()["error"]
-    assert error["code"] == "forbidden"
-    assert "CANARY_ADMIN_TOKEN" in error["message"]
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "invalid_admin_token"
+        token = (app.state.settings.data_dir / "admin_token").read_text().strip()
+        assert set_weight(http, 100, f"Bearer {token}").status_code == 200
 
 
 # -- logs -----------------------------------------------------------------------------------

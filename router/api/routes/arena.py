@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from router.api.deps import EngineDep, MetricsDep, ServiceDep, WriterDep
+from router.api.deps import ClientDep, EngineDep, MetricsDep, ServiceDep, WriterDep
 from router.api.json_body import JSONRoute
 from router.arena import Arena
 from router.schemas import (
@@ -24,9 +24,13 @@ router = APIRouter(tags=["arena"], route_class=JSONRoute)
 
 
 async def _arena(
-    service: ServiceDep, engine: EngineDep, writer: WriterDep, metrics: MetricsDep
+    service: ServiceDep,
+    engine: EngineDep,
+    writer: WriterDep,
+    metrics: MetricsDep,
+    principal: ClientDep,
 ) -> Arena:
-    return Arena(chat=service, engine=engine, writer=writer, metrics=metrics)
+    return Arena(chat=service, engine=engine, writer=writer, metrics=metrics, principal=principal)
 
 
 ArenaDep = Annotated[Arena, Depends(_arena)]

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from router import dashboard
-from router.api.deps import EngineDep, RoutesDep, WriterDep
+from router.api.deps import ClientDep, EngineDep, RoutesDep, WriterDep
 from router.api.json_body import JSONRoute
 from router.schemas import Dashboard
 
@@ -38,11 +38,13 @@ async def _dashboard(
     routes: RoutesDep,
     engine: EngineDep,
     writer: WriterDep,
+    principal: ClientDep,
     bucket_s: BucketDep = 60,
     window_s: WindowDep = 3600,
 ) -> Dashboard:
     """The route's dashboard: the dependency both the JSON and the CSV endpoint answer from."""
     r = routes.get(route)  # 404 for an unknown route
+    principal.require_route(r.name)
     await writer.flush()  # count every request this router has answered (at most one batch)
     key = (id(engine), r.name, r.experiment_id, bucket_s, window_s)
     build = _building.get(key)

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from experiments.report import render_html
-from router.api.deps import AdminDep, EngineDep
+from router.api.deps import AdminDep, ClientDep, EngineDep
 from router.api.json_body import JSONRoute
 from router.errors import BackendError, CanaryError, Conflict, InvalidRequest, NotFound
 from router.evaluation import store
@@ -27,11 +27,17 @@ async def _evaluator(request: Request) -> Evaluator:
 EvaluatorDep = Annotated[Evaluator, Depends(_evaluator)]
 
 
-async def _experiment(experiment_id: str, engine: EngineDep) -> dict[str, Any]:
+async def _experiment(
+    experiment_id: str, engine: EngineDep, principal: ClientDep
+) -> dict[str, Any]:
     exp = await run_in_threadpool(store.get_experiment, engine, experiment_id=experiment_id)
     if exp is None:
         raise NotFound(f"No experiment {experiment_id!r}.", code="experiment_not_found")
+    principal.require_route(exp["route"])
     return exp
+
+
+ExperimentDep = Annotated[dict[str, Any], Depends(_experiment)]
 
 
 def _public(exp: dict[str, Any]) -> dict[str, Any]:
@@ -46,10 +52,13 @@ def _public(exp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/experiments", status_code=201, dependencies=[AdminDep])
-async def start_experiment(body: ExperimentIn, evaluator: EvaluatorDep) -> dict[str, Any]:
+@router.post("/v1/experiments", status_code=201, dependencies=[AdminDep], name="experiment.start")
+async def start_experiment(
+    body: ExperimentIn, request: Request, evaluator: EvaluatorDep
+) -> dict[str, Any]:
     """Start a canary on a route: 409 if one is live there, or if this challenger version
     was rolled back or ended inconclusive before (unless ``force``); 400 without a challenger."""
+    request.state.audit_target = body.route
     exp = await evaluator.start(
         route=body.route,
         stages=body.stages,
@@ -61,56 +70,48 @@ async def start_experiment(body: ExperimentIn, evaluator: EvaluatorDep) -> dict[
 
 
 @router.get("/v1/experiments")
-async def list_experiments(engine: EngineDep) -> list[dict[str, Any]]:
-    """Every experiment, newest first."""
+async def list_experiments(engine: EngineDep, principal: ClientDep) -> list[dict[str, Any]]:
+    """Every experiment on the routes the caller may use, newest first."""
     rows = await run_in_threadpool(store.list_experiments, engine)
-    return [_public(e) for e in rows]
+    allowed = principal.key.routes if principal.key is not None else None
+    return [_public(e) for e in rows if allowed is None or e["route"] in allowed]
 
 
 @router.get("/v1/experiments/{experiment_id}")
-async def get_experiment(
-    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
-) -> dict[str, Any]:
+async def get_experiment(exp: ExperimentDep, evaluator: EvaluatorDep) -> dict[str, Any]:
     """The experiment with a fresh analysis and the decision the policy would take now
     (always-valid p-values carry the running minimum of the evaluations so far)."""
-    exp = await _experiment(experiment_id, engine)
     analysis = await run_in_threadpool(evaluator.current_analysis, exp)
     return {**_public(exp), "analysis": analysis}
 
 
 @router.get("/v1/experiments/{experiment_id}/report.json")
-async def report_json(
-    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
-) -> dict[str, Any]:
+async def report_json(exp: ExperimentDep, evaluator: EvaluatorDep) -> dict[str, Any]:
     """The promotion report's data: analysis, timeline, policy and decisions."""
-    exp = await _experiment(experiment_id, engine)
     return await run_in_threadpool(evaluator.report, exp)
 
 
 @router.get("/v1/experiments/{experiment_id}/report", response_class=HTMLResponse)
-async def report_html(
-    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
-) -> HTMLResponse:
+async def report_html(exp: ExperimentDep, evaluator: EvaluatorDep) -> HTMLResponse:
     """The promotion report as one self-contained HTML page (plots embedded)."""
-    exp = await _experiment(experiment_id, engine)
     data = await run_in_threadpool(evaluator.report, exp)
     return HTMLResponse(await run_in_threadpool(render_html, data))
 
 
 @router.get("/v1/experiments/{experiment_id}/decisions")
-async def list_decisions(experiment_id: str, engine: EngineDep) -> list[dict[str, Any]]:
+async def list_decisions(exp: ExperimentDep, engine: EngineDep) -> list[dict[str, Any]]:
     """Every decision taken on the experiment, oldest first, with its analysis."""
-    await _experiment(experiment_id, engine)
-    return await run_in_threadpool(store.list_decisions, engine, experiment_id=experiment_id)
+    return await run_in_threadpool(store.list_decisions, engine, experiment_id=exp["id"])
 
 
-@router.post("/v1/experiments/{experiment_id}/report", dependencies=[AdminDep])
+@router.post(
+    "/v1/experiments/{experiment_id}/report", dependencies=[AdminDep], name="experiment.report"
+)
 async def publish_report(
-    experiment_id: str, engine: EngineDep, evaluator: EvaluatorDep
+    experiment_id: str, exp: ExperimentDep, evaluator: EvaluatorDep
 ) -> dict[str, Any]:
     """Log the ended experiment's report to MLflow now, if it is not there yet (the
     evaluator does it on its own when an experiment ends, and retries failures)."""
-    exp = await _experiment(experiment_id, engine)
     if exp["status"] in LIVE:
         raise Conflict(f"Experiment {experiment_id!r} has not ended ({exp['status']}).")
     if not evaluator.logs_reports:
@@ -133,13 +134,15 @@ async def publish_report(
     }
 
 
-@router.post("/v1/experiments/{experiment_id}/evaluate", dependencies=[AdminDep])
+@router.post(
+    "/v1/experiments/{experiment_id}/evaluate", dependencies=[AdminDep], name="experiment.evaluate"
+)
 async def evaluate(experiment_id: str, evaluator: EvaluatorDep) -> dict[str, Any]:
     """Evaluate now; in auto mode the decision is acted on, in manual mode recommended."""
     return await evaluator.evaluate(experiment_id, actor="api")
 
 
-@router.post("/v1/experiments/{experiment_id}/{action}", dependencies=[AdminDep])
+@router.post("/v1/experiments/{experiment_id}/{action}", dependencies=[AdminDep], name="experiment")
 async def act(
     experiment_id: str,
     action: Literal["promote", "rollback", "advance", "pause", "resume"],

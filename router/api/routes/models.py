@@ -6,19 +6,27 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from router.api.deps import AdminDep, MetricsDep, RoutesDep
+from router.api.deps import AdminDep, ClientDep, MetricsDep, RoutesDep
 from router.api.json_body import JSONRoute
-from router.routes_table import Arm, Route
+from router.auth.principal import Principal
+from router.routes_table import Arm, Route, RouteTable
 from router.schemas import ArmPublic, RoutePublic, WeightsIn
 
 router = APIRouter(tags=["routes"], route_class=JSONRoute)
 
 
+def _visible(routes: RouteTable, principal: Principal) -> list[Route]:
+    """The routes this caller's key may use."""
+    allowed = principal.key.routes if principal.key is not None else None
+    return [r for r in routes if allowed is None or r.name in allowed]
+
+
 @router.get("/v1/models")
-async def list_models(routes: RoutesDep) -> dict[str, Any]:
-    """Every route, in OpenAI's model-list shape."""
+async def list_models(routes: RoutesDep, principal: ClientDep) -> dict[str, Any]:
+    """Every route the caller may use, in OpenAI's model-list shape."""
     data = [
-        {"id": r.name, "object": "model", "created": 0, "owned_by": "canary-router"} for r in routes
+        {"id": r.name, "object": "model", "created": 0, "owned_by": "canary-router"}
+        for r in _visible(routes, principal)
     ]
     return {"object": "list", "data": data}
 
@@ -41,18 +49,20 @@ def route_public(route: Route) -> RoutePublic:
 
 
 @router.get("/v1/routes")
-async def list_routes(routes: RoutesDep) -> list[RoutePublic]:
+async def list_routes(routes: RoutesDep, principal: ClientDep) -> list[RoutePublic]:
     """Routes with their arms, versions and the live traffic split."""
-    return [route_public(r) for r in routes]
+    return [route_public(r) for r in _visible(routes, principal)]
 
 
 @router.get("/v1/routes/{route}")
-async def get_route(route: str, routes: RoutesDep) -> RoutePublic:
+async def get_route(route: str, routes: RoutesDep, principal: ClientDep) -> RoutePublic:
     """One route with its arms and split."""
-    return route_public(routes.get(route))
+    found = routes.get(route)
+    principal.require_route(found.name)
+    return route_public(found)
 
 
-@router.put("/v1/routes/{route}/weights", dependencies=[AdminDep])
+@router.put("/v1/routes/{route}/weights", dependencies=[AdminDep], name="route.weights")
 async def set_weights(
     route: str, body: WeightsIn, routes: RoutesDep, metrics: MetricsDep
 ) -> RoutePublic:
