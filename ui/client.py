@@ -1,8 +1,11 @@
 """``RouterClient``: the one place the UI speaks HTTP to the router.
 
 Everything the UI shows or does goes through the router's public API, so a program can
-do the same. Error responses become :class:`RouterError` carrying the router's own
-readable message; a router that cannot be reached becomes :class:`RouterUnreachable`.
+do the same. Client calls send the UI's API key (``canary ui --api-key``) when it has
+one; admin calls send the admin token they are given. Error responses become
+:class:`RouterError` carrying the router's own readable message (a missing or invalid
+API key gets what to do about it instead); a router that cannot be reached becomes
+:class:`RouterUnreachable`.
 
 ::
 
@@ -33,9 +36,13 @@ __all__ = [
     "TextDelta",
 ]
 
-#: An experiment id that cannot exist: an admin call on it answers 404 with a good token
-#: and 401/403 with a bad one, so it checks a token without changing anything.
-_TOKEN_PROBE_ID = "canary-ui-token-check"
+#: What a person should do when the router wants an API key from the UI.
+API_KEY_HINT = (
+    "This router requires an API key: start the UI with `canary ui --api-key KEY` or set "
+    "CANARY_UI_API_KEY (an admin makes keys with `canary keys create NAME`)."
+)
+#: The router's 401 codes for a client call without a usable API key.
+_API_KEY_CODES = ("missing_api_key", "invalid_api_key")
 
 
 class RouterError(Exception):
@@ -49,7 +56,7 @@ class RouterError(Exception):
 
     @property
     def unauthorised(self) -> bool:
-        """401 or 403: no admin token, a wrong one, or the admin API switched off."""
+        """401 or 403: no token or key, a wrong or revoked one, or the admin API off."""
         return self.status in (401, 403)
 
 
@@ -114,6 +121,15 @@ def _error_message(response: httpx.Response) -> tuple[str, str | None]:
     return f"The router answered {response.status_code} {reason}.", None
 
 
+def _router_error(response: httpx.Response) -> RouterError:
+    """The error response as a :class:`RouterError` for a person: the router's message,
+    or, when the UI's API key is missing or not valid, how to give it one."""
+    message, code = _error_message(response)
+    if response.status_code == 401 and code in _API_KEY_CODES:
+        message = API_KEY_HINT if code == "missing_api_key" else f"{message} {API_KEY_HINT}"
+    return RouterError(message, status=response.status_code, code=code)
+
+
 def _action_body(force: bool, reason: str | None) -> dict[str, Any] | None:
     """The optional ``{"force", "reason"}`` of an admin action; None when neither is set."""
     body: dict[str, Any] = {}
@@ -128,7 +144,8 @@ class RouterClient:
     """Async client of one router's HTTP API.
 
     ``base_url`` may be ``None`` when the UI is mounted in the router itself and learns
-    the address it is served on from its first request (:meth:`follow`).
+    the address it is served on from its first request (:meth:`follow`). ``api_key`` is
+    sent with every client call (the router needs one in ``auth=keys`` mode).
     """
 
     def __init__(
@@ -136,12 +153,15 @@ class RouterClient:
         base_url: str | None,
         *,
         admin_token: str | None = None,
+        api_key: str | None = None,
         timeout_s: float = 330.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") if base_url else None
         #: Pre-set admin token (``canary ui --admin-token``): the UI starts signed in.
         self.admin_token = admin_token
+        #: The client API key sent with every call that is not an admin call.
+        self.api_key = api_key or None
         # Connecting is quick or never; a model may take minutes to answer.
         self._timeout = httpx.Timeout(timeout_s, connect=5.0)
         self._transport = transport
@@ -177,9 +197,12 @@ class RouterClient:
             return RouterUnreachable(f"The router at {self.base_url} did not answer in time.")
         return RouterUnreachable(f"The router is unreachable at {self.base_url}.")
 
-    @staticmethod
-    def _headers(token: str | None) -> dict[str, str]:
-        return {"authorization": f"Bearer {token}"} if token else {}
+    def _headers(self, *, admin: bool = False, token: str | None = None) -> dict[str, str]:
+        """The one place headers are made: an admin call sends the admin ``token`` it was
+        given (and nothing without one: the router then says it is missing), any other
+        call the API key, when the UI has one."""
+        credential = token if admin else self.api_key
+        return {"authorization": f"Bearer {credential}"} if credential else {}
 
     async def _request(
         self,
@@ -188,34 +211,35 @@ class RouterClient:
         *,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
+        admin: bool = False,
         token: str | None = None,
     ) -> httpx.Response:
+        """One call; ``admin`` calls send ``token``, the others the API key."""
+        headers = self._headers(admin=admin, token=token)
         try:
             response = await self._client().request(
-                method, self._url(path), json=json, params=params, headers=self._headers(token)
+                method, self._url(path), json=json, params=params, headers=headers
             )
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
-            message, code = _error_message(response)
-            raise RouterError(message, status=response.status_code, code=code)
+            raise _router_error(response)
         return response
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._request(method, path, **kwargs)).json()
 
     async def _events(
-        self, path: str, body: dict[str, Any], *, headers: Mapping[str, str] | None = None
+        self, path: str, body: dict[str, Any]
     ) -> AsyncIterator[tuple[httpx.Response, Any]]:
         """POST ``body`` and yield ``(response, event)`` per SSE ``data:`` line until [DONE]."""
         try:
             async with self._client().stream(
-                "POST", self._url(path), json=body, headers=headers
+                "POST", self._url(path), json=body, headers=self._headers()
             ) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    message, code = _error_message(response)
-                    raise RouterError(message, status=response.status_code, code=code)
+                    raise _router_error(response)
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -385,7 +409,7 @@ class RouterClient:
         if auto is not None:
             body["policy"] = {"auto": auto}
         body.update(_action_body(force, reason) or {})
-        return dict(await self._json("POST", "/v1/experiments", json=body, token=token))
+        return dict(await self._json("POST", "/v1/experiments", json=body, admin=True, token=token))
 
     async def act(
         self,
@@ -405,16 +429,12 @@ class RouterClient:
         """
         path = f"/v1/experiments/{experiment_id}/{action}"
         body = None if action == "evaluate" else _action_body(force, reason)
-        return dict(await self._json("POST", path, json=body, token=token))
+        return dict(await self._json("POST", path, json=body, admin=True, token=token))
 
     async def check_admin_token(self, token: str) -> None:
         """Raise :class:`RouterError` (``unauthorised``) unless the router accepts ``token``.
 
-        Asks for an admin action on an experiment that cannot exist: the router checks
-        the token first, so a good token gets 404 and nothing changes.
+        Reads one entry of the audit log, an admin read: it changes nothing and, unlike
+        an admin action, is not itself audited (a refused attempt is).
         """
-        try:
-            await self._request("POST", f"/v1/experiments/{_TOKEN_PROBE_ID}/pause", token=token)
-        except RouterError as exc:
-            if exc.status != 404:
-                raise
+        await self._request("GET", "/v1/audit", params={"limit": 1}, admin=True, token=token)

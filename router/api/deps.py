@@ -45,7 +45,11 @@ async def client(
     request: Request, gate: GateDep, authorization: AuthorizationDep = None
 ) -> Principal:
     """The caller of a client endpoint, within its rate limit (401/403/429 otherwise)."""
-    principal = await gate.client(authorization)
+    try:
+        principal = await gate.client(authorization)
+    except CanaryError as exc:
+        request.app.state.metrics.auth_refused.labels(str(exc.status_code)).inc()
+        raise
     request.state.principal = principal  # the chat row of a refusal names the key too
     if principal.key is not None:
         await request.app.state.limiter.check(principal.key)
@@ -93,6 +97,7 @@ async def require_admin(
     try:
         principal = gate.admin(authorization)
     except CanaryError as exc:
+        request.app.state.metrics.auth_refused.labels(str(exc.status_code)).inc()
         await audit(REFUSED, exc.status_code, exc.message)
         raise
     try:

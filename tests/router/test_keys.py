@@ -102,6 +102,9 @@ def test_missing_wrong_and_revoked_keys(keys_router: ServerThread) -> None:
         client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert refused.value.code == "key_revoked"
     assert httpx.delete(f"{url}/v1/keys/key_nope", headers=ADMIN).status_code == 404
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'canary_auth_refused_total{status="401"} 2.0' in metrics
+    assert 'canary_auth_refused_total{status="403"} 1.0' in metrics
     # A key is a client credential, never an admin one.
     assert (
         httpx.get(f"{url}/v1/keys", headers={"authorization": f"Bearer {made['key']}"}).status_code

@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 
 import gradio as gr
 import httpx
+import pytest
 
 from router.cli import build_parser
 from router.config import Settings
@@ -42,6 +43,8 @@ def test_build_ui_has_the_four_tabs() -> None:
     tabs = [b.label for b in blocks.blocks.values() if isinstance(b, gr.Tab)]
     assert tabs == ["Arena", "Chat", "Dashboard", "Experiments"]
     assert blocks.title == "canary-router"
+    html = [b for b in blocks.blocks.values() if b.elem_id == "exp-token-help"]
+    assert "<code>data/admin_token</code>" in html[0].value  # where to find the token
 
 
 def test_main_job_serves_the_ui_on_its_own_port(
@@ -64,20 +67,32 @@ def test_the_ui_calls_the_address_it_was_served_on() -> None:
     assert served_at({**scope, "server": ("/run/canary.sock", None)}) is None
 
 
-def test_canary_ui_command() -> None:
-    args = build_parser().parse_args(
-        ["ui", "--router", "http://10.0.0.5:8000", "--port", "9000", "--admin-token", "t"]
-    )
+def test_canary_ui_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CANARY_UI_API_KEY", raising=False)
+    argv = ["ui", "--router", "http://10.0.0.5:8000", "--port", "9000"]
+    args = build_parser().parse_args([*argv, "--admin-token", "t", "--api-key", "k"])
     assert args.func is ui_cli._run
-    assert (args.router, args.port, args.host, args.admin_token) == (
+    assert (args.router, args.port, args.host, args.admin_token, args.api_key) == (
         "http://10.0.0.5:8000",
         9000,
         "127.0.0.1",
         "t",
+        "k",
     )
     defaults = build_parser().parse_args(["ui"])
-    assert (defaults.router, defaults.port, defaults.admin_token) == (
+    assert (defaults.router, defaults.port, defaults.admin_token, defaults.api_key) == (
         "http://127.0.0.1:8000",
         7860,
         None,
+        None,
     )
+    monkeypatch.setenv("CANARY_UI_API_KEY", "from-env")
+    assert build_parser().parse_args(["ui"]).api_key == "from-env"
+    assert build_parser().parse_args(["ui", "--api-key", "flag"]).api_key == "flag"
+
+
+def test_canary_ui_passes_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[RouterClient] = []
+    monkeypatch.setattr("ui.mount.launch_ui", lambda client, **_: seen.append(client))
+    ui_cli._run(build_parser().parse_args(["ui", "--api-key", "k", "--admin-token", "t"]))
+    assert seen[0].api_key == "k" and seen[0].admin_token == "t"

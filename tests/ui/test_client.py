@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import httpx
 import pytest
 
+from router.config import Settings
 from tests.servers import free_port
 from tests.ui.conftest import TOKEN, Running
 from ui.client import (
+    API_KEY_HINT,
     BattleStarted,
     ChatStarted,
     RouterClient,
@@ -64,12 +70,72 @@ async def test_unreachable_router_is_one_readable_sentence() -> None:
     await client.aclose()
 
 
+ADMIN = {"authorization": f"Bearer {TOKEN}"}
+
+
+async def _audit(url: str) -> list[dict[str, object]]:
+    """The router's audit log, newest first."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{url}/v1/audit", headers=ADMIN)
+    response.raise_for_status()
+    return list(response.json())
+
+
 async def test_admin_token_check_changes_nothing(client: RouterClient, ui_router: Running) -> None:
+    url = ui_router[0].url
     await client.check_admin_token(TOKEN)  # accepted: no exception
+    assert await _audit(url) == []  # an admin read: a sign-in is not an audited action
     with pytest.raises(RouterError) as caught:
         await client.check_admin_token("wrong")
     assert caught.value.unauthorised and caught.value.status == 403
+    assert caught.value.code == "invalid_admin_token"
+    with pytest.raises(RouterError) as caught:
+        await client.check_admin_token("")
+    assert caught.value.unauthorised and caught.value.status == 401
+    assert [e["outcome"] for e in await _audit(url)] == ["refused", "refused"]  # attempts are
     assert await client.experiments() == []
+
+
+async def test_api_key_opens_a_router_in_keys_mode(
+    make_settings: Callable[..., Settings],
+    run_router: Callable[..., AbstractContextManager[Running]],
+) -> None:
+    with run_router(make_settings(auth="keys", admin_token=TOKEN)) as (server, _):
+        async with httpx.AsyncClient() as http:
+            made = await http.post(f"{server.url}/v1/keys", json={"name": "ui"}, headers=ADMIN)
+        assert made.status_code == 201, made.text
+        keyed = RouterClient(server.url, api_key=made.json()["key"])
+        keyless = RouterClient(server.url)
+        wrong = RouterClient(server.url, api_key="sk-canary-not-a-real-key")
+        try:
+            assert [r["name"] for r in await keyed.routes()] == ["chat"]
+            events = [e async for e in keyed.chat_stream("chat", HELLO, user="unit-9")]
+            assert isinstance(events[0], ChatStarted) and isinstance(events[-1], StreamDone)
+            assert (await keyed.request(events[0].request_id))["unit_id"] == "unit-9"
+            battle = [e async for e in keyed.battle_stream("chat", HELLO, user="unit-9")]
+            assert isinstance(battle[0], BattleStarted)
+            await keyed.check_admin_token(TOKEN)  # admin calls send the admin token
+            with pytest.raises(RouterError) as caught:
+                await keyed.check_admin_token("wrong")
+            assert caught.value.status == 403 and caught.value.code == "invalid_admin_token"
+
+            with pytest.raises(RouterError) as caught:
+                await keyless.routes()
+            assert caught.value.status == 401 and caught.value.code == "missing_api_key"
+            assert caught.value.message == API_KEY_HINT
+            assert "canary ui --api-key KEY" in caught.value.message
+            with pytest.raises(RouterError) as caught:  # the streams say the same
+                [e async for e in keyless.chat_stream("chat", HELLO)]
+            assert caught.value.message == API_KEY_HINT
+            await keyless.check_admin_token(TOKEN)  # no key needed to sign in as admin
+
+            with pytest.raises(RouterError) as caught:
+                await wrong.experiments()
+            assert caught.value.code == "invalid_api_key"
+            assert caught.value.message.endswith(API_KEY_HINT)
+        finally:
+            for router in (keyed, keyless, wrong):
+                await router.aclose()
 
 
 async def test_mounted_client_learns_the_address_once() -> None:

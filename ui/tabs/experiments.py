@@ -57,6 +57,13 @@ FORCEABLE = {
     ),
 }
 NO_EXPERIMENT = "No experiment on this route yet. Sign in as admin below to start one."
+#: Where a person finds the admin token, under the Admin heading.
+TOKEN_HELP = (
+    "The admin token is <code>CANARY_ADMIN_TOKEN</code> if the router's operator set one; "
+    "otherwise the router generated one at its first start, printed it, and keeps it in "
+    "the file <code>admin_token</code> in its data directory "
+    "(<code>data/admin_token</code> by default)."
+)
 #: A note on the status line per status that needs one.
 STATUS_NOTES: dict[str, tuple[str, Tone]] = {
     "halted": (
@@ -330,22 +337,24 @@ def add_experiments_tab(
             "Each action is recorded with its reason.</div>"
         )
         signed_in = bool(client.admin_token)
-        with gr.Row(visible=not signed_in, elem_classes="cr-toolbar") as signed_out_row:
-            token_box = gr.Textbox(
-                show_label=False,
-                type="password",
-                placeholder="Admin token (CANARY_ADMIN_TOKEN)",
-                scale=4,
-                elem_id="exp-token",
-            )
-            sign_in_button = gr.Button(
-                "Sign in",
-                variant="primary",
-                size="md",
-                scale=0,
-                min_width=120,
-                elem_id="exp-sign-in",
-            )
+        with gr.Column(visible=not signed_in) as signed_out_row:
+            gr.HTML(f'<div class="cr-muted">{TOKEN_HELP}</div>', elem_id="exp-token-help")
+            with gr.Row(elem_classes="cr-toolbar"):
+                token_box = gr.Textbox(
+                    show_label=False,
+                    type="password",
+                    placeholder="Admin token (CANARY_ADMIN_TOKEN or data/admin_token)",
+                    scale=4,
+                    elem_id="exp-token",
+                )
+                sign_in_button = gr.Button(
+                    "Sign in",
+                    variant="primary",
+                    size="md",
+                    scale=0,
+                    min_width=120,
+                    elem_id="exp-sign-in",
+                )
         with gr.Column(visible=signed_in) as signed_in_col:
             with gr.Row(elem_classes="cr-toolbar"):
                 stages = gr.Textbox(
