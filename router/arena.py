@@ -28,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from router.assignment import ArmName, Unit, unit_of
 from router.auth.principal import Principal
 from router.completions import ChatService
-from router.errors import CanaryError, Conflict, InvalidRequest, NotFound
+from router.config import Settings
+from router.errors import CanaryError, Conflict, Forbidden, InvalidRequest, NotFound
 from router.inference_log import crud
 from router.inference_log.models import winner_arm
 from router.inference_log.record import DISCONNECTED, OK, RequestRecord
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: ``assignment_reason`` of the arena's rows.
 ARENA = "arena"
+#: ``Settings.max_votes_per_voter``'s default, for an ``Arena`` not told the setting.
+DEFAULT_MAX_VOTES: int = Settings.model_fields["max_votes_per_voter"].default
 SIDES = ("a", "b")
 
 # What a failed side says. The row keeps the backend's own words, but those may name the
@@ -81,12 +84,14 @@ class Arena:
         writer: LogWriter,
         metrics: Metrics,
         principal: Principal,
+        max_votes_per_voter: int = DEFAULT_MAX_VOTES,
     ) -> None:
         self._chat = chat
         self._engine = engine
         self._writer = writer
         self._metrics = metrics
         self._principal = principal  # who asks: battles are theirs, votes bound to them
+        self._max_votes = max_votes_per_voter
 
     # -- battles --------------------------------------------------------------------------
     async def battle(self, body: BattleIn) -> BattlePublic:
@@ -151,8 +156,16 @@ class Arena:
         )
 
     async def vote(self, battle_id: str, body: BattleVoteIn) -> BattleVotePublic:
-        """Store the vote (once per battle) and reveal who each side was."""
+        """Store the vote (once per battle, by the battle's unit, within the voter's cap)
+        and reveal who each side was."""
         battle = await self._battle(battle_id)
+        voter: str = battle["unit_id"]
+        if body.user is not None and body.user != voter:
+            raise Forbidden(
+                f"'user' is not the user battle {battle_id!r} was started for: its vote is "
+                "that user's; leave 'user' out or send the same value the battle had.",
+                code="voter_mismatch",
+            )
         if battle["winner"] is not None:
             raise Conflict(f"Battle {battle_id!r} already has a vote.", code="vote_exists")
         if battle["a"] is None or battle["b"] is None:
@@ -167,8 +180,10 @@ class Arena:
             request_id_a=battle["request_id_a"],
             request_id_b=battle["request_id_b"],
             winner=body.winner,
-            unit_id=body.user or battle["unit_id"],
+            unit_id=voter,
             battle_id=battle_id,
+            key_id=self._principal.key_id,
+            cap=self._max_votes,
         )
         battle["winner"] = body.winner
         outcome = _outcome(battle)
@@ -323,7 +338,7 @@ class Arena:
             self._engine,
             battle_id=f"battle-{uuid.uuid4().hex}",
             route=route,
-            unit_id=unit.id,
+            unit_id=unit.id or "",  # always set: ``_draw`` gives anonymous battles an id
             request_id_a=request_ids[0],
             request_id_b=request_ids[1],
             key_id=self._principal.key_id,
@@ -340,10 +355,23 @@ class Arena:
         return Unit(unit_id, "key" if unit_id == battle.get("key_id") else "user")
 
     async def _battle(self, battle_id: str) -> dict[str, Any]:
-        """The stored battle with both rows; rows still in the writer's buffer are committed."""
+        """The stored battle with both rows; rows still in the writer's buffer are committed.
+
+        Only the key that started the battle (or the admin; a battle started without a
+        key is every keyless caller's) may see it, follow it up or vote on it: 403
+        ``not_your_battle`` for anyone else.
+        """
         battle = await run_in_threadpool(crud.get_battle, self._engine, battle_id=battle_id)
         if battle is None:
             raise NotFound(f"No arena battle {battle_id!r}.", code="battle_not_found")
+        if not self._principal.may_see(battle["key_id"]):
+            whose = "without an API key" if battle["key_id"] is None else "with another API key"
+            raise Forbidden(
+                f"Arena battle {battle_id!r} was started {whose}: only its own caller and the "
+                "admin may see it, follow it up or vote on it.",
+                code="not_your_battle",
+            )
+        self._principal.require_route(battle["route"])
         ids = (battle["request_id_a"], battle["request_id_b"])
         if any(self._writer.is_pending(i) for i in ids):
             await self._writer.flush()

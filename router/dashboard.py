@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, case, distinct, func, or_, select
 
 from experiments.stats import ArmStats, VoteCounts
 from experiments.votes import compare_votes
@@ -38,7 +38,13 @@ from router.errors import InvalidRequest
 
 # ``bucket_start`` is the expression ``timeline`` buckets by: the latency buckets must be
 # the same ones, on SQLite and on Postgres.
-from router.evaluation.aggregate import ARMS, aggregate, bucket_start, timeline
+from router.evaluation.aggregate import (
+    ARMS,
+    _vote_outcomes,
+    aggregate,
+    bucket_start,
+    timeline,
+)
 from router.inference_log.models import InferenceRecord, utcnow
 from router.inference_log.record import OK
 from router.routes_table import Arm, Route
@@ -82,7 +88,7 @@ def build(
             name: _arm(arm, arms[name], speed.get(name)) if arm is not None else None
             for name, arm in current.items()
         },
-        votes=_votes(votes),
+        votes=_votes(votes, _voters(engine, route.name, experiment_id, since)),
         timeline=_timeline(
             engine,
             route=route.name,
@@ -119,7 +125,7 @@ def _arm(arm: Arm, stats_: ArmStats, tokens_per_s: float | None) -> DashboardArm
     )
 
 
-def _votes(votes: VoteCounts) -> DashboardVotes:
+def _votes(votes: VoteCounts, voters: int) -> DashboardVotes:
     result = compare_votes(votes)
     ratings = result.bradley_terry or {}
     intervals = result.bradley_terry_ci or {}
@@ -128,10 +134,25 @@ def _votes(votes: VoteCounts) -> DashboardVotes:
         champion_wins=votes.champion_wins,
         ties=votes.ties,
         both_bad=votes.both_bad,
+        voters=voters,
         win_rate=_num(result.win_rate),
         bradley_terry={arm: _num(ratings.get(arm)) for arm in ARMS},
         bradley_terry_ci={arm: _pair(intervals.get(arm)) for arm in ARMS},
     )
+
+
+def _voters(engine: Engine, route: str, experiment_id: str | None, since: datetime) -> int:
+    """Distinct voters of the decisive votes in scope, as the evaluator clusters them
+    (``votes.unit_id``; a vote without a voter is a voter of its own)."""
+    since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+    v = _vote_outcomes(route, experiment_id, since)
+    stmt = select(
+        func.count(distinct(v.c.unit_id)),
+        func.coalesce(func.sum(case((v.c.unit_id.is_(None), 1), else_=0)), 0),
+    ).where(v.c.outcome.in_(ARMS))
+    with engine.connect() as conn:
+        named, anonymous = conn.execute(stmt).one()
+    return int(named) + int(anonymous)
 
 
 def _window(route: str, experiment_id: str | None, since: datetime) -> list[Any]:

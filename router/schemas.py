@@ -67,7 +67,11 @@ class FeedbackIn(BaseModel):
     value: Literal["up", "down"]
     comment: str | None = Field(default=None, max_length=4000)
     user: str | None = Field(
-        default=None, max_length=200, description="Who rates; default: the request's unit."
+        default=None,
+        max_length=200,
+        description="Who rates. A request made for a user (its 'user', 'safety_identifier' "
+        "or X-Canary-Unit) is rated by that user only: send the same value. Default: the "
+        "request's unit.",
     )
 
 
@@ -76,6 +80,7 @@ class FeedbackPublic(BaseModel):
     unit_id: str
     value: str
     comment: str | None
+    key_id: str | None = Field(default=None, description="The API key that rated.")
     created_at: datetime
     updated_at: datetime
 
@@ -93,7 +98,8 @@ class VoteIn(BaseModel):
     user: str | None = Field(
         default=None,
         max_length=200,
-        description="Who votes; default: the requests' unit when both share one.",
+        description="Who votes: both answers must have been made for one unit (the same "
+        "'user', or the same API key), which is the voter; if given, it must be that unit.",
     )
 
 
@@ -109,8 +115,9 @@ class VotePublic(BaseModel):
     arm_a: Literal["champion", "challenger"]
     arm_b: Literal["champion", "challenger"]
     winner_arm: Literal["champion", "challenger", "tie", "both_bad"]
-    unit_id: str | None
+    unit_id: str | None = Field(description="The voter.")
     battle_id: str | None
+    key_id: str | None = Field(default=None, description="The API key that voted.")
 
 
 class RequestPublic(BaseModel):
@@ -129,8 +136,12 @@ class RequestPublic(BaseModel):
     served_model_version: str | None
     shadow_of: str | None
     unit_id: str | None
-    unit_source: str | None = None
-    key_id: str | None = None
+    unit_source: str | None = Field(
+        default=None,
+        description="Where the unit came from: user, safety_identifier, header or key; "
+        "None: the request named none and got a fresh id.",
+    )
+    key_id: str | None = Field(default=None, description="The API key that made it.")
     assignment_reason: str | None
     bucket: int | None
     stream: bool
@@ -181,8 +192,8 @@ class KeyIn(BaseModel):
     routes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         default=None, max_length=100, description="Routes the key may use; None: all."
     )
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute.")
+    rpm: int | None = Field(default=None, ge=1, le=2**31 - 1, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, le=2**31 - 1, description="Tokens per minute.")
 
 
 class WeightsIn(BaseModel):
@@ -317,7 +328,10 @@ class BattleVoteIn(BaseModel):
         description="'a' or 'b': that answer was better; 'tie'; 'both_bad': neither was good."
     )
     user: str | None = Field(
-        default=None, max_length=200, description="Who votes; default: the battle's unit."
+        default=None,
+        max_length=200,
+        description="Who votes: the battle's unit, which is the default; if given, it must "
+        "be that unit.",
     )
 
 
@@ -379,6 +393,10 @@ class DashboardVotes(BaseModel):
     champion_wins: int
     ties: int
     both_bad: int
+    voters: int = Field(
+        default=0,
+        description="Distinct voters of the decisive votes (a vote without a voter is one).",
+    )
     win_rate: float | None = Field(description="Challenger wins / decisive votes.")
     bradley_terry: dict[str, float | None]
     bradley_terry_ci: dict[str, list[float] | None] = Field(description="Bootstrap 95%.")

@@ -908,16 +908,19 @@ def test_look_samples_failed_requests_as_infinitely_slow(engine: Engine) -> None
     assert look(engine, paused, 1).arms["challenger"].latency_ms == ()
 
 
+ARM_OF = {"c": "champion", "h": "challenger"}
+
+
 def test_look_clusters_votes_by_voter(engine: Engine) -> None:
     store(
         engine,
-        [log_row("c1", "champion", "p"), log_row("h1", "challenger", "p")],
-        votes=[
+        [log_row(f"{c}{i}", arm, "p") for i in (1, 2, 3) for c, arm in ARM_OF.items()],
+        votes=[  # one vote per voter and pair
             a_vote("c1", "h1", "b", unit="A"),  # A: a challenger win,
-            a_vote("c1", "h1", "a", unit="A"),  # a champion win
-            a_vote("c1", "h1", "tie", unit="A"),  # and a tie: x=1, y=2
+            a_vote("c2", "h2", "a", unit="A"),  # a champion win
+            a_vote("c3", "h3", "tie", unit="A"),  # and a tie: x=1, y=2
             a_vote("h1", "c1", "a", unit="B"),  # B: two challenger wins: x=2, y=2
-            a_vote("c1", "h1", "b", unit="B"),
+            a_vote("c2", "h2", "b", unit="B"),
             a_vote("c1", "h1", "both_bad", unit="C"),  # C: nothing decisive, no voter
             a_vote("h1", "c1", "a"),  # no voter: each vote its own, x=1, y=1
             a_vote("c1", "h1", "b"),

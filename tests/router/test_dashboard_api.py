@@ -49,7 +49,7 @@ def traffic(http: httpx.Client, n: int, *, prefix: str = "u") -> list[str]:
         ids.append(r.headers["x-request-id"])
         if i % 4 != 3:
             value = "up" if i % 3 else "down"
-            feedback = {"request_id": ids[-1], "value": value}
+            feedback = {"request_id": ids[-1], "value": value, "user": f"{prefix}-{i}"}
             assert http.post("/v1/feedback", json=feedback).status_code == 200
     return ids
 
@@ -106,14 +106,25 @@ def test_dashboard_matches_the_logged_rows(
         challenger={"error_rate": 0.3, "seed": 3, "tokens_per_s": 2000},
         champion={"tokens_per_s": 1000},
     )
-    settings = make_settings(routes=routes, database_url=database_url)
+    settings = make_settings(routes=routes, database_url=database_url, allow_arm_override=True)
     with run_router(settings) as (server, _), httpx.Client(base_url=server.url) as http:
         ids = traffic(http, 40)
         thumbs = {i: ("up" if n % 3 else "down") for n, i in enumerate(ids) if n % 4 != 3}
-        # Two votes between a champion and a challenger answer: the challenger wins one, a tie.
-        arms = {http.get(f"/v1/requests/{i}").json()["arm"]: i for i in ids}
-        pair = [arms["champion"], arms["challenger"]]
-        for winner in ("b", "tie"):
+        # Two voters, each shown a champion and a challenger answer: the challenger wins
+        # one, the other is a tie.
+        for voter, winner in (("voter-1", "b"), ("voter-2", "tie")):
+            pair = [
+                http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "chat",
+                        "user": voter,
+                        "messages": [{"role": "user", "content": "q"}],
+                    },
+                    headers={"x-canary-arm": arm},
+                ).headers["x-request-id"]
+                for arm in ("champion", "challenger")
+            ]
             vote = {"request_id_a": pair[0], "request_id_b": pair[1], "winner": winner}
             assert http.post("/v1/votes", json=vote).status_code == 200
         r = http.get("/v1/routes/chat/dashboard", params={"bucket_s": 60, "window_s": 3600})

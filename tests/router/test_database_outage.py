@@ -42,7 +42,9 @@ def _chat(http: httpx.Client, arm: str) -> str:
 def _calls(a: str, b: str) -> dict[str, Callable[[httpx.Client], httpx.Response]]:
     """Each endpoint that reads or writes the database, called with valid input."""
     return {
-        "feedback": lambda h: h.post("/v1/feedback", json={"request_id": a, "value": "up"}),
+        "feedback": lambda h: h.post(
+            "/v1/feedback", json={"request_id": a, "value": "up", "user": "u1"}
+        ),
         "request": lambda h: h.get(f"/v1/requests/{a}"),
         "experiments": lambda h: h.get("/v1/experiments"),
         "votes": lambda h: h.post(

@@ -102,7 +102,12 @@ def _traffic(
         up = (seen[arm] % 10) < up_share[arm] * 10
         seen[arm] += 1
         thumb = http.post(
-            "/v1/feedback", json={"request_id": r.json()["id"], "value": "up" if up else "down"}
+            "/v1/feedback",
+            json={
+                "request_id": r.json()["id"],
+                "value": "up" if up else "down",
+                "user": f"{prefix}-{i}",  # the unit the request was made for
+            },
         )
         assert thumb.status_code == 200
     return seen

@@ -35,7 +35,9 @@ def complete(http: httpx.Client, *, user: str = "alice", content: str = PROMPT) 
 
 
 def rate(http: httpx.Client, request_id: str, value: str, **extra: Any) -> httpx.Response:
-    return http.post("/v1/feedback", json={"request_id": request_id, "value": value, **extra})
+    """A thumb, by ``alice`` (whom ``complete`` asks for) unless ``user`` says otherwise."""
+    body = {"request_id": request_id, "value": value, "user": "alice", **extra}
+    return http.post("/v1/feedback", json={k: v for k, v in body.items() if v is not None})
 
 
 def logged(http: httpx.Client, request_id: str) -> dict[str, Any]:
@@ -61,7 +63,8 @@ def test_thumbs_up_on_a_logged_request(http: httpx.Client, answered: dict[str, A
     assert r.status_code == 200, r.text
     fb = r.json()
     assert (fb["request_id"], fb["value"], fb["comment"]) == (answered["id"], "up", "correct")
-    assert fb["unit_id"] == "alice"  # defaults to the request's unit
+    assert fb["unit_id"] == "alice"
+    assert fb["key_id"] is None  # open mode, no key
 
 
 def test_logged_request_has_arm_prompt_response_and_feedback(
@@ -95,14 +98,37 @@ def test_same_unit_rerating_replaces_its_rating(
     assert feedback[0]["updated_at"] >= feedback[0]["created_at"]
 
 
-def test_another_user_adds_a_second_rating(http: httpx.Client, answered: dict[str, Any]) -> None:
+@pytest.mark.parametrize("user", ["bob", None], ids=["another-user", "no-user"])
+def test_only_the_requests_user_may_rate_it(
+    http: httpx.Client, answered: dict[str, Any], user: str | None
+) -> None:
     assert rate(http, answered["id"], "up").status_code == 200
-    assert rate(http, answered["id"], "down", user="bob").status_code == 200
+    r = rate(http, answered["id"], "down", user=user)
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_error", "unit_mismatch")
+    assert "alice" not in error["message"]  # the unit is not given away
     feedback = logged(http, answered["id"])["feedback"]
-    assert sorted((f["unit_id"], f["value"]) for f in feedback) == [
-        ("alice", "up"),
-        ("bob", "down"),
-    ]
+    assert [(f["unit_id"], f["value"]) for f in feedback] == [("alice", "up")]
+
+
+def test_a_request_without_a_unit_is_rated_by_whoever_holds_its_id(http: httpx.Client) -> None:
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "chat", "messages": [{"role": "user", "content": PROMPT}]},
+    )
+    assert r.status_code == 200, r.text
+    request_id = r.headers["x-request-id"]
+    row = logged(http, request_id)
+    assert row["unit_source"] is None and row["unit_id"].startswith("anon-")
+    fresh = rate(http, request_id, "up", user=None)
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json()["unit_id"] == row["unit_id"]  # the fresh unit it was given
+    assert rate(http, request_id, "down", user="bob").status_code == 200
+    feedback = logged(http, request_id)["feedback"]
+    assert sorted((f["unit_id"], f["value"]) for f in feedback) == sorted(
+        [(row["unit_id"], "up"), ("bob", "down")]
+    )
 
 
 @pytest.mark.parametrize("method", ["feedback", "lookup"])

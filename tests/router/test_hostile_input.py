@@ -340,7 +340,7 @@ def test_admin_headers_and_policies_are_4xx(settings: Settings, run_router: Any)
         weights = f"{server.url}/v1/routes/chat/weights"
         for token in ("Bearer café".encode(), b"Bearer \xff\xfe", f"Bearer {ADMIN}é".encode()):
             r = httpx.put(weights, json={"challenger": 5}, headers={"authorization": token})
-            assert_error(r, 403, "forbidden")
+            assert_error(r, 403, "invalid_admin_token")
         admin = {"authorization": f"Bearer {ADMIN}"}
         start = f"{server.url}/v1/experiments"
         r = httpx.post(start, json={"route": "chat", "policy": {"alpah": 0.1}}, headers=admin)

@@ -164,7 +164,8 @@ def test_every_request_is_counted_as_a_written_log_row(
 def test_thumbs_up_is_counted_by_arm(http: httpx.Client, traffic: Traffic) -> None:
     request_id, arm = next(iter(traffic.ok_ids.items()))
     assert value(scrape(http), "canary_feedback_total") == 0
-    r = http.post("/v1/feedback", json={"request_id": request_id, "value": "up"})
+    first = {"request_id": request_id, "value": "up", "user": "unit-0"}  # the first unit's
+    r = http.post("/v1/feedback", json=first)
     assert r.status_code == 200, r.text
     samples = scrape(http)
     assert value(samples, "canary_feedback_total", route="chat", arm=arm, value="up") == 1
@@ -207,7 +208,8 @@ def test_exposition_passes_promtool(http: httpx.Client, traffic: Traffic) -> Non
             "promtool not found: install the Debian package `prometheus` "
             "(apt-get install -y prometheus); CI installs it."
         )
-    r = http.post("/v1/feedback", json={"request_id": next(iter(traffic.ok_ids)), "value": "up"})
+    first = {"request_id": next(iter(traffic.ok_ids)), "value": "up", "user": "unit-0"}
+    r = http.post("/v1/feedback", json=first)
     assert r.status_code == 200, r.text
     exposition = http.get("/metrics").text
     assert "canary_feedback_total" in exposition

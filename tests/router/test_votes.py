@@ -107,30 +107,49 @@ def test_vote_is_stored_with_the_winning_arm_resolved(
     assert body["unit_id"] == "alice"  # both answers were alice's
     assert body["battle_id"] is None
     [row] = stored_votes(settings)
+    # Stored with the ids in ascending order, the winner flipped to match.
+    flipped = {"a": "b", "b": "a"}.get(winner, winner) if a > b else winner
     assert (row["id"], row["request_id_a"], row["request_id_b"], row["winner"]) == (
         body["id"],
-        a,
-        b,
-        winner,
+        min(a, b),
+        max(a, b),
+        flipped,
     )
     assert votes_counted(running[1], "chat", winner_arm) == 1
 
 
-def test_voter_is_the_user_sent_and_votes_accumulate(
+def test_voter_is_the_requests_user_and_a_revote_replaces_the_vote(
     http: httpx.Client, running: Running, settings: Settings, pair: tuple[str, str]
 ) -> None:
-    assert vote(http, *pair, "b", user="reviewer-1").json()["unit_id"] == "reviewer-1"
-    assert vote(http, *pair, "b", user="reviewer-2").status_code == 200
-    assert [v["unit_id"] for v in stored_votes(settings)] == ["reviewer-1", "reviewer-2"]
-    assert votes_counted(running[1], "chat", "challenger") == 2
+    assert vote(http, *pair, "b", user="alice").json()["unit_id"] == "alice"
+    again = vote(http, *pair, "a")
+    assert again.status_code == 200, again.text
+    assert again.json()["winner_arm"] == "champion"
+    [row] = stored_votes(settings)
+    assert (row["unit_id"], row["id"]) == ("alice", again.json()["id"])
+    assert votes_counted(running[1], "chat", "challenger") == 1
+    assert votes_counted(running[1], "chat", "champion") == 1
 
 
-def test_answers_of_two_users_give_no_default_voter(http: httpx.Client) -> None:
+def test_another_voter_is_403(
+    http: httpx.Client, settings: Settings, pair: tuple[str, str]
+) -> None:
+    r = vote(http, *pair, "b", user="reviewer-1")
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_error", "voter_mismatch")
+    assert "alice" not in error["message"]
+    assert stored_votes(settings) == []
+
+
+def test_answers_of_two_users_cannot_be_voted_on(http: httpx.Client, settings: Settings) -> None:
     a = complete(http, "champion", user="alice")["id"]
     b = complete(http, "challenger", user="bob")["id"]
-    r = vote(http, a, b, "tie")
-    assert r.status_code == 200, r.text
-    assert r.json()["unit_id"] is None
+    for user in (None, "alice", "bob"):
+        r = vote(http, a, b, "tie", **({"user": user} if user else {}))
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "not_your_answers"
+    assert stored_votes(settings) == []
 
 
 @pytest.mark.parametrize("missing", ["request_id_a", "request_id_b"])
@@ -255,7 +274,8 @@ def test_vote_right_after_the_completions_sees_the_buffered_rows(
         assert r.status_code == 200, r.text
         assert r.json()["winner_arm"] == "challenger"
         assert votes_counted(app, "chat", "challenger") == 1
-    assert [v["request_id_b"] for v in stored_votes(settings)] == [b]
+    [stored] = stored_votes(settings)
+    assert {stored["request_id_a"], stored["request_id_b"]} == {a, b}
 
 
 def test_votes_metric_is_exported(http: httpx.Client, pair: tuple[str, str]) -> None:

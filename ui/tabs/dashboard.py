@@ -95,6 +95,7 @@ def votes_table(board: dict[str, Any]) -> str:
         ["Champion wins", f"{votes['champion_wins']:,}"],
         ["Ties", f"{votes['ties']:,}"],
         ["Both bad", f"{votes['both_bad']:,}"],
+        ["Voters (decisive votes)", f"{votes.get('voters', 0):,}"],
         ["Challenger win rate", pct(votes.get("win_rate"))],
     ]
     for arm in ARMS:
@@ -117,7 +118,11 @@ def summary_cards(board: dict[str, Any]) -> str:
     cards = [
         stat("Requests", f"{total:,}", f"{errors:,} failed"),
         stat("Traffic split", split, "champion / challenger"),
-        stat("Arena votes", f"{voted:,}", f"challenger win rate {pct(votes.get('win_rate'))}"),
+        stat(
+            "Arena votes",
+            f"{voted:,}",
+            f"from {_voters(votes)}, challenger win rate {pct(votes.get('win_rate'))}",
+        ),
         stat(
             "Counting",
             experiment or "All traffic",
@@ -125,6 +130,12 @@ def summary_cards(board: dict[str, Any]) -> str:
         ),
     ]
     return '<div class="cr-stats">' + "".join(cards) + "</div>"
+
+
+def _voters(votes: dict[str, Any]) -> str:
+    """Who cast the decisive votes, as "12 voters" (one voter's many votes are one)."""
+    n = int(votes.get("voters") or 0)
+    return f"{n:,} voter" + ("" if n == 1 else "s")
 
 
 def _series(board: dict[str, Any], arm: str, key: str) -> tuple[list[datetime], list[float]]:

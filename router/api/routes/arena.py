@@ -8,7 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from router.api.deps import ClientDep, EngineDep, MetricsDep, ServiceDep, WriterDep
+from router.api.deps import (
+    ClientDep,
+    EngineDep,
+    MetricsDep,
+    ServiceDep,
+    SettingsDep,
+    WriterDep,
+)
 from router.api.json_body import JSONRoute
 from router.arena import Arena
 from router.schemas import (
@@ -29,8 +36,16 @@ async def _arena(
     writer: WriterDep,
     metrics: MetricsDep,
     principal: ClientDep,
+    settings: SettingsDep,
 ) -> Arena:
-    return Arena(chat=service, engine=engine, writer=writer, metrics=metrics, principal=principal)
+    return Arena(
+        chat=service,
+        engine=engine,
+        writer=writer,
+        metrics=metrics,
+        principal=principal,
+        max_votes_per_voter=settings.max_votes_per_voter,
+    )
 
 
 ArenaDep = Annotated[Arena, Depends(_arena)]

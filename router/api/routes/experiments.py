@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from experiments.report import render_html
-from router.api.deps import AdminDep, ClientDep, EngineDep
+from router.api.deps import AdminDep, ClientDep, EngineDep, WriterDep
 from router.api.json_body import JSONRoute
 from router.errors import BackendError, CanaryError, Conflict, InvalidRequest, NotFound
 from router.evaluation import store
@@ -137,8 +137,11 @@ async def publish_report(
 @router.post(
     "/v1/experiments/{experiment_id}/evaluate", dependencies=[AdminDep], name="experiment.evaluate"
 )
-async def evaluate(experiment_id: str, evaluator: EvaluatorDep) -> dict[str, Any]:
+async def evaluate(
+    experiment_id: str, evaluator: EvaluatorDep, writer: WriterDep
+) -> dict[str, Any]:
     """Evaluate now; in auto mode the decision is acted on, in manual mode recommended."""
+    await writer.flush()  # "now" includes every request this router has answered
     return await evaluator.evaluate(experiment_id, actor="api")
 
 
