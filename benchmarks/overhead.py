@@ -18,7 +18,12 @@ the phase's wall time (sequential: one over the mean latency). The added latency
 router minus direct (p50 and p99) and their ratio; the router's CPU time per request
 (its process, all threads, from /proc) is a figure that load on the machine moves less.
 
-Finally the router is shut down gracefully (SIGTERM) and the rows in its SQLite
+With ``--keys`` a second router runs beside the first in ``keys`` mode (every request
+carries an API key; the key's requests-per-minute limit is checked on each; with
+``--redis URL`` its counters live in Redis), as target ``keys``: the cost of
+authentication and rate limiting, measured in the same run.
+
+Finally each router is shut down gracefully (SIGTERM) and the rows in its SQLite
 ``inference_log`` are counted: every request sent through it must be there.
 
 Run ``.venv/bin/python benchmarks/overhead.py`` (``--quick`` for a short run).
@@ -61,6 +66,7 @@ class Target:
     name: str
     url: str
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +93,11 @@ class Sample:
 
 @dataclass(slots=True)
 class Results:
-    """Samples by phase (``sequential``, ``concurrent``) and target, and the router's CPU."""
+    """Samples by phase (``sequential``, ``concurrent``) and target, and each router's CPU
+    seconds by phase and target."""
 
     phases: dict[str, dict[str, Sample]] = field(default_factory=dict)
-    router_cpu_s: dict[str, float | None] = field(default_factory=dict)
+    router_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 # -- servers -----------------------------------------------------------------------------
@@ -98,7 +105,10 @@ def build_fake() -> Any:
     return create_fake_openai_app(FakeSpec(name="fake", mode="canned"))
 
 
-def router_settings(data_dir: Path, upstream_url: str) -> Settings:
+ADMIN_TOKEN = "benchmark-admin-token"
+
+
+def router_settings(data_dir: Path, upstream_url: str, **auth: Any) -> Settings:
     champion = OpenAISpec(
         name="upstream", version="1", base_url=f"{upstream_url}/v1", remote_model="fake"
     )
@@ -107,7 +117,20 @@ def router_settings(data_dir: Path, upstream_url: str) -> Settings:
         routes={ROUTE: RouteConfig(champion=champion, challenger=None)},
         log_format="text",
         log_level="WARNING",
+        admin_token=ADMIN_TOKEN,
+        **auth,
     )
+
+
+def make_key(router_url: str) -> str:
+    """A key with a limit the benchmark never reaches, so every request is checked."""
+    response = httpx.post(
+        f"{router_url}/v1/keys",
+        json={"name": "benchmark", "rpm": 10_000_000},
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    response.raise_for_status()
+    return str(response.json()["key"])
 
 
 def count_logged(db: Path) -> int:
@@ -116,17 +139,18 @@ def count_logged(db: Path) -> int:
 
 
 # -- load ----------------------------------------------------------------------------------
-def make_target(name: str, base_url: str, model: str) -> Target:
+def make_target(name: str, base_url: str, model: str, key: str | None = None) -> Target:
     body = orjson.dumps({"model": model, "messages": MESSAGES, "max_tokens": 16})
-    return Target(name, f"{base_url}/v1/chat/completions", body)
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    return Target(name, f"{base_url}/v1/chat/completions", body, headers)
 
 
 async def timed_post(client: httpx.AsyncClient, target: Target) -> float:
     """One request; its latency in ms. Anything but 200 aborts the benchmark."""
     start = time.perf_counter()
-    response = await client.post(
-        target.url, content=target.body, headers={"content-type": "application/json"}
-    )
+    response = await client.post(target.url, content=target.body, headers=target.headers)
     elapsed = (time.perf_counter() - start) * 1000
     if response.status_code != 200:
         raise RuntimeError(f"{target.name}: HTTP {response.status_code}: {response.text[:200]}")
@@ -158,27 +182,38 @@ async def concurrent(client: httpx.AsyncClient, target: Target, n: int, concurre
     return Sample(latencies, time.perf_counter() - start)
 
 
-async def measure(
-    targets: list[Target], args: argparse.Namespace, router_cpu: Callable[[], float | None]
-) -> Results:
+Cpu = dict[str, Callable[[], float | None]]
+
+
+def _cpu_now(router_cpu: Cpu) -> dict[str, float | None]:
+    return {name: cpu() for name, cpu in router_cpu.items()}
+
+
+def _cpu_spent(
+    before: dict[str, float | None], after: dict[str, float | None]
+) -> dict[str, float | None]:
+    return {name: _spent(before[name], after[name]) for name in before}
+
+
+async def measure(targets: list[Target], args: argparse.Namespace, router_cpu: Cpu) -> Results:
     """Warm up, then the sequential and the concurrent phase; results by phase and target."""
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=64)
     results = Results()
     async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
         await sequential(client, targets, args.warmup)
-        cpu_before = router_cpu()
+        cpu_before = _cpu_now(router_cpu)
         results.phases["sequential"] = await sequential(client, targets, args.sequential)
-        results.router_cpu_s["sequential"] = _spent(cpu_before, router_cpu())
+        results.router_cpu_s["sequential"] = _cpu_spent(cpu_before, _cpu_now(router_cpu))
         for target in targets:
             await concurrent(client, target, args.warmup, args.concurrency)
         # Alternating rounds, so drift on a shared machine falls on both targets alike.
         rounds: dict[str, list[Sample]] = {t.name: [] for t in targets}
-        cpu_before = router_cpu()
+        cpu_before = _cpu_now(router_cpu)
         for i in range(args.rounds):
             n = args.concurrent // args.rounds + (i < args.concurrent % args.rounds)
             for target in targets:
                 rounds[target.name].append(await concurrent(client, target, n, args.concurrency))
-        results.router_cpu_s["concurrent"] = _spent(cpu_before, router_cpu())
+        results.router_cpu_s["concurrent"] = _cpu_spent(cpu_before, _cpu_now(router_cpu))
         results.phases["concurrent"] = {name: Sample.merge(s) for name, s in rounds.items()}
     return results
 
@@ -208,25 +243,27 @@ def print_latencies(results: Results, args: argparse.Namespace) -> None:
 
 
 def print_added(results: Results, args: argparse.Namespace) -> bool:
-    """Router minus direct, per phase; True when every p50 target is met."""
-    print(
-        f"{'added by router':<18}{'p50 ms':>9}{'p99 ms':>9}{'p50 x':>8}{'CPU ms/req':>12}  target"
-    )
+    """Each router minus direct, per phase; True when every p50 target is met."""
+    print(f"{'added by':<26}{'p50 ms':>9}{'p99 ms':>9}{'p50 x':>8}{'CPU ms/req':>12}  target")
     met = True
     for phase, samples in results.phases.items():
-        direct, routed = samples["direct"], samples["router"]
-        added50 = routed.percentile(50) - direct.percentile(50)
-        added99 = routed.percentile(99) - direct.percentile(99)
-        ratio = routed.percentile(50) / direct.percentile(50)
-        cpu_s = results.router_cpu_s.get(phase)
-        cpu = f"{cpu_s * 1000 / len(routed.latencies_ms):.2f}" if cpu_s is not None else "n/a"
-        target = TARGET_P50_MS[phase]
-        met = met and added50 <= target
-        verdict = "PASS" if added50 <= target else "MISS"
-        print(
-            f"{phase_label(phase, args):<18}{added50:>+9.2f}{added99:>+9.2f}{ratio:>8.2f}"
-            f"{cpu:>12}  p50 <= {target:g} ms: {verdict}"
-        )
+        direct = samples["direct"]
+        for name, routed in samples.items():
+            if name == "direct":
+                continue
+            added50 = routed.percentile(50) - direct.percentile(50)
+            added99 = routed.percentile(99) - direct.percentile(99)
+            ratio = routed.percentile(50) / direct.percentile(50)
+            cpu_s = results.router_cpu_s.get(phase, {}).get(name)
+            cpu = f"{cpu_s * 1000 / len(routed.latencies_ms):.2f}" if cpu_s is not None else "n/a"
+            target = TARGET_P50_MS[phase]
+            met = met and added50 <= target
+            verdict = "PASS" if added50 <= target else "MISS"
+            label = f"{name}, {phase_label(phase, args)}"
+            print(
+                f"{label:<26}{added50:>+9.2f}{added99:>+9.2f}{ratio:>8.2f}"
+                f"{cpu:>12}  p50 <= {target:g} ms: {verdict}"
+            )
     return met
 
 
@@ -243,34 +280,43 @@ def print_header(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> bool:
-    """Serve, measure, stop the router, check its log; True when all is well."""
+    """Serve, measure, stop the routers, check their logs; True when all is well."""
     with tempfile.TemporaryDirectory(prefix="canary-bench-") as tmp:
-        data_dir = Path(tmp)
         with ServerProcess(build_fake) as fake:
-            router = ServerProcess(partial(create_app, router_settings(data_dir, fake.url)))
-            router.start()
+            routers = {"router": router_settings(Path(tmp, "router"), fake.url)}
+            if args.keys:
+                routers["keys"] = router_settings(
+                    Path(tmp, "keys"), fake.url, auth="keys", redis_url=args.redis
+                )
+            servers = {n: ServerProcess(partial(create_app, s)) for n, s in routers.items()}
+            for server in servers.values():
+                server.start()
             try:
-                targets = [
-                    make_target("direct", fake.url, "fake"),
-                    make_target("router", router.url, ROUTE),
-                ]
-                results = run_async(lambda: measure(targets, args, router.cpu_s))
+                targets = [make_target("direct", fake.url, "fake")]
+                for name, server in servers.items():
+                    key = make_key(server.url) if name == "keys" else None
+                    targets.append(make_target(name, server.url, ROUTE, key))
+                cpu = {name: server.cpu_s for name, server in servers.items()}
+                results = run_async(lambda: measure(targets, args, cpu))
             finally:
-                exit_code = router.stop()
-        logged = count_logged(data_dir / "canary.db")
+                exit_codes = {name: server.stop() for name, server in servers.items()}
+        logged = {name: count_logged(s.data_dir / "canary.db") for name, s in routers.items()}
     sent = router_requests(args)
     print_header(args)
     print_latencies(results, args)
     print()
     met = print_added(results, args)
-    # uvicorn re-raises SIGTERM once its graceful shutdown is done: -15 is a clean stop.
-    graceful = exit_code in (0, -signal.SIGTERM)
     print()
-    print(
-        f"router stopped {'gracefully' if graceful else 'UNCLEANLY'} (exit {exit_code}); "
-        f"inference_log: logged {logged} of {sent}"
-    )
-    return met and graceful and logged == sent
+    ok = met
+    for name, exit_code in exit_codes.items():
+        # uvicorn re-raises SIGTERM once its graceful shutdown is done: -15 is a clean stop.
+        graceful = exit_code in (0, -signal.SIGTERM)
+        print(
+            f"{name} stopped {'gracefully' if graceful else 'UNCLEANLY'} (exit {exit_code}); "
+            f"inference_log: logged {logged[name]} of {sent}"
+        )
+        ok = ok and graceful and logged[name] == sent
+    return ok
 
 
 def run_async(coro: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -291,6 +337,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="requests per target, per phase")
     parser.add_argument("--rounds", type=int, default=3, help="concurrent phase: rounds per target")
     parser.add_argument("--quick", action="store_true", help="200 / 300 requests, 50 warm-up")
+    parser.add_argument(
+        "--keys", action="store_true", help="also a router in keys mode (target 'keys')"
+    )
+    parser.add_argument("--redis", help="the keys router's rate-limit counters in this Redis")
     args = parser.parse_args()
     if args.quick:
         args.sequential, args.concurrent, args.warmup, args.rounds = 200, 300, 50, 1

@@ -109,7 +109,7 @@ async def require_admin(
         await audit(FAILED, 500, f"{type(exc).__name__}: {exc}")
         raise
     if request.method != "GET":
-        await audit(OK, 200)
+        await audit(OK, getattr(request.scope.get("route"), "status_code", None) or 200)
 
 
 # "function": the audit row is written before the response leaves, so a client that

@@ -129,33 +129,17 @@ def upsert_vote(
     if request_id_a > request_id_b:
         request_id_a, request_id_b = request_id_b, request_id_a
         winner = _FLIPPED.get(winner, winner)
+    vote = _vote(route, request_id_a, request_id_b, winner, unit_id, key_id)
     stmt = (
         insert(engine, VOTES)
-        .values(
-            created_at=utcnow(),
-            route=route,
-            request_id_a=request_id_a,
-            request_id_b=request_id_b,
-            winner=winner,
-            unit_id=unit_id,
-            key_id=key_id,
-        )
+        .values(**vote)
         .on_conflict_do_update(
             index_elements=["unit_id", "request_id_a", "request_id_b"],
             set_={"winner": winner, "key_id": key_id},
         )
         .returning(*VOTES.c)
     )
-    with engine.begin() as conn:
-        vote_cap(
-            conn,
-            route=route,
-            unit_id=unit_id,
-            request_id_a=request_id_a,
-            request_id_b=request_id_b,
-            cap=cap,
-        )
-        return dict(conn.execute(stmt).mappings().one())
+    return _cast(engine, stmt, vote, cap=cap)
 
 
 def insert_vote(
@@ -173,32 +157,12 @@ def insert_vote(
     """Store one pairwise vote as given (an arena battle's: ``winner`` names its side); a
     second vote for the same ``battle_id`` is a ``Conflict``; with ``cap``, a voter over
     it is refused (``vote_cap``)."""
-    stmt = (
-        VOTES.insert()
-        .values(
-            created_at=utcnow(),
-            route=route,
-            request_id_a=request_id_a,
-            request_id_b=request_id_b,
-            winner=winner,
-            unit_id=unit_id,
-            battle_id=battle_id,
-            key_id=key_id,
-        )
-        .returning(*VOTES.c)
-    )
+    vote = {
+        **_vote(route, request_id_a, request_id_b, winner, unit_id, key_id),
+        "battle_id": battle_id,
+    }
     try:
-        with engine.begin() as conn:
-            if cap is not None and unit_id is not None:
-                vote_cap(
-                    conn,
-                    route=route,
-                    unit_id=unit_id,
-                    request_id_a=request_id_a,
-                    request_id_b=request_id_b,
-                    cap=cap,
-                )
-            return dict(conn.execute(stmt).mappings().one())
+        return _cast(engine, VOTES.insert().values(**vote).returning(*VOTES.c), vote, cap=cap)
     except IntegrityError as exc:
         if battle_id is None:
             raise
@@ -206,6 +170,36 @@ def insert_vote(
 
 
 _FLIPPED = {"a": "b", "b": "a"}
+
+
+def _vote(
+    route: str, a: str, b: str, winner: str, unit_id: str | None, key_id: str | None
+) -> dict[str, Any]:
+    return {
+        "created_at": utcnow(),
+        "route": route,
+        "request_id_a": a,
+        "request_id_b": b,
+        "winner": winner,
+        "unit_id": unit_id,
+        "key_id": key_id,
+    }
+
+
+def _cast(engine: Engine, stmt: Any, vote: dict[str, Any], *, cap: int | None) -> dict[str, Any]:
+    """Run a vote's ``INSERT ... RETURNING`` in one transaction with the check of its
+    voter's cap (none without a voter or a cap)."""
+    with engine.begin() as conn:
+        if cap is not None and vote["unit_id"] is not None:
+            vote_cap(
+                conn,
+                route=vote["route"],
+                unit_id=vote["unit_id"],
+                request_id_a=vote["request_id_a"],
+                request_id_b=vote["request_id_b"],
+                cap=cap,
+            )
+        return dict(conn.execute(stmt).mappings().one())
 
 
 def vote_cap(

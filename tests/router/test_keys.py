@@ -239,7 +239,7 @@ def test_admin_actions_and_refusals_are_audited(
     ]
     assert summary == [
         ("anonymous", "audit.list", None, "refused", 401),
-        ("admin", "keys.create", f"{made['id']} (reporting)", "ok", 200),
+        ("admin", "keys.create", f"{made['id']} (reporting)", "ok", 201),
         ("admin", "route.weights", "chat", "ok", 200),
         ("anonymous", "route.weights", "chat", "refused", 401),
         ("anonymous", "route.weights", "chat", "refused", 403),
