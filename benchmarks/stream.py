@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 import orjson
+from httpx_sse import EventSource
 from serving import ServerProcess
 
 from registry.bundled import smollm2_path
@@ -187,13 +188,10 @@ def router_settings(data_dir: Path, path: Path, max_tokens: int, n_threads: int)
 
 def router_pieces(response: httpx.Response) -> Iterator[str]:
     """Content of each ``chat.completion.chunk`` event, until ``[DONE]``."""
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
+    for event in EventSource(response).iter_sse():
+        if event.data == "[DONE]":
             return
-        chunk = orjson.loads(payload)
+        chunk = orjson.loads(event.data)
         if "error" in chunk:
             raise RuntimeError(f"router stream failed: {chunk['error']}")
         for choice in chunk.get("choices") or []:

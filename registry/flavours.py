@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 import mlflow
+from httpx_sse import connect_sse
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 from mlflow.types.schema import ParamSchema, ParamSpec
@@ -70,6 +71,7 @@ GGUF_DEFAULTS: dict[str, Any] = {
     "n_gpu_layers": 0,
     "stop": [],
     "repeat_penalty": 1.0,
+    "logits_all": False,
 }
 
 #: Request-time parameters. MLflow drops ``params=`` that the signature does not declare,
@@ -200,6 +202,7 @@ class GGUFChatModel(PythonModel):
             n_threads=cfg["n_threads"] or os.cpu_count() or 1,
             n_gpu_layers=int(cfg["n_gpu_layers"]),
             chat_format=cfg["chat_format"],
+            logits_all=bool(cfg.get("logits_all")),
             verbose=False,
         )
 
@@ -329,7 +332,8 @@ class RemoteChatModel(PythonModel):
     def predict_stream(
         self, context: PythonModelContext, model_input, params: dict[str, Any] | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The engine's server-sent ``chat.completion.chunk`` events, decoded."""
+        """The engine's server-sent ``chat.completion.chunk`` events, decoded; an error
+        event from the engine (mid-stream) raises ``RuntimeError`` with its message."""
         import json
 
         body = {
@@ -337,15 +341,19 @@ class RemoteChatModel(PythonModel):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        with self.client.stream("POST", "/chat/completions", json=body) as response:
-            response.raise_for_status()
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
+        with connect_sse(self.client, "POST", "/chat/completions", json=body) as events:
+            events.response.raise_for_status()
+            for event in events.iter_sse():
+                if event.data == "[DONE]":
                     break
-                yield json.loads(payload)
+                if not event.data:
+                    continue
+                chunk = json.loads(event.data)
+                if event.event == "error" or (isinstance(chunk, dict) and chunk.get("error")):
+                    error = chunk.get("error", chunk) if isinstance(chunk, dict) else chunk
+                    message = error.get("message", error) if isinstance(error, dict) else error
+                    raise RuntimeError(f"the engine failed mid-stream: {message}")
+                yield chunk
 
 
 # -- any other chat pyfunc ---------------------------------------------------------------

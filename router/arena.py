@@ -310,7 +310,10 @@ class Arena:
                 ids.append(record.request_id)
                 answers.append(
                     BattleAnswer(
-                        content=completion.text, finish_reason=completion.finish_reason, error=None
+                        content=completion.text,
+                        finish_reason=completion.finish_reason,
+                        error=None,
+                        tool_calls=_anonymous(completion.tool_calls),
                     )
                 )
         return ids, answers
@@ -425,7 +428,11 @@ async def _pump(
         async with aclosing(pieces):
             async for piece in pieces:
                 queue.put_nowait({"type": "delta", "side": side, "content": piece})
-        queue.put_nowait({"type": "done", "side": side, "finish_reason": record.finish_reason})
+        done: dict[str, Any] = {"type": "done", "side": side, "finish_reason": record.finish_reason}
+        calls = _anonymous(record.tool_calls)
+        if calls:
+            done["tool_calls"] = calls
+        queue.put_nowait(done)
     except CanaryError as exc:
         queue.put_nowait({"type": "error", "side": side, "message": _error(exc)})
     except Exception:
@@ -458,6 +465,12 @@ def _outcome(battle: dict[str, Any]) -> str:
     return winner_arm(battle["winner"], battle["a"]["arm"], battle["b"]["arm"])
 
 
+def _anonymous(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """An answer's tool calls without their ids: how an engine makes them could tell
+    which model answered (the row keeps them)."""
+    return [{k: v for k, v in call.items() if k != "id"} for call in calls] if calls else None
+
+
 def _side(row: dict[str, Any]) -> BattleSide:
     return BattleSide(
         arm=row["arm"],
@@ -479,6 +492,7 @@ def _logged_answer(battle: dict[str, Any], side: str, revealed: bool) -> BattleA
         error=side_error(row["status"] if row["status"] == DISCONNECTED else row["error_type"])
         if failed
         else None,
+        tool_calls=_anonymous(row["tool_calls"]),
     )
     if not revealed:
         return answer

@@ -8,17 +8,46 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ContentPart(BaseModel):
+    """One part of a message's ``content`` list: ``{"type": "text", "text": ...}``, or an
+    image, audio or file part (passed to engines that take them, refused by the others)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(min_length=1, max_length=64)
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs 'text'")
+        return self
 
 
 class ChatMessage(BaseModel):
-    # Unknown fields (name, tool_calls, ...) are ignored, so SDKs can send them unchanged.
-    model_config = ConfigDict(extra="ignore")
+    """One message as OpenAI defines it; fields OpenAI adds later pass through."""
+
+    model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str = Field(description="Plain text; content-part arrays are not supported.")
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(default=None, max_length=256)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _has_what_its_role_needs(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs 'tool_call_id'")
+        answered = self.role == "assistant" and (self.tool_calls or self.model_extra)
+        if self.content is None and not answered:
+            raise ValueError(f"a {self.role} message needs 'content'")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -27,10 +56,40 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions``: OpenAI's body; ``model`` is the route."""
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
 
-    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+
+
+#: Fields of a chat request the router acts on itself; every other field the client sent
+#: reaches the arm's backend unchanged (``ChatParams.options``).
+ROUTER_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+    }
+)
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``: OpenAI's body; ``model`` is the route.
+
+    Documented ranges are checked here (400 naming the field); every field, known or not
+    (``extra_body``), is kept and passed to the arm's backend, which honours it or
+    refuses it with a 400, never silently."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -38,7 +97,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice is supported.")
+    n: int | None = Field(default=None, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -47,6 +106,18 @@ class ChatCompletionRequest(BaseModel):
     safety_identifier: str | None = Field(
         default=None, max_length=200, description="The unit when ``user`` is not given."
     )
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=300
+    )
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
 
     @field_validator("stop")
     @classmethod
@@ -56,6 +127,21 @@ class ChatCompletionRequest(BaseModel):
         if v is not None and len(v) > 4:
             raise ValueError("at most 4 stop sequences")
         return v
+
+    @model_validator(mode="after")
+    def _logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """Every field the client sent that the router does not act on, as sent."""
+        sent = self.model_dump(exclude_unset=True, exclude=set(ROUTER_FIELDS))
+        return {k: v for k, v in sent.items() if k not in ROUTER_FIELDS}
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as the client sent them (fields it left out stay out)."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
 
 
 class FeedbackIn(BaseModel):
@@ -151,6 +237,7 @@ class RequestPublic(BaseModel):
     response_text: str | None
     response_chars: int
     response_sha256: str | None
+    tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None
     status: str
     http_status: int
@@ -288,6 +375,11 @@ class BattleAnswer(BaseModel):
     content: str | None = Field(description="None when the side failed (see error).")
     finish_reason: str | None
     error: str | None = Field(description="A readable message when the side failed.")
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="The tool calls the answer made, in OpenAI's shape without their "
+        "'id' (an engine's id format could tell who answered); None when it made none.",
+    )
 
 
 class BattlePublic(BaseModel):

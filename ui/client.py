@@ -12,7 +12,9 @@ API key gets what to do about it instead); a router that cannot be reached becom
     RouterError              the router answered with an error (status, code, message)
     └── RouterUnreachable    no answer at all: connection refused, DNS, timeout
 
-Streams (chat and arena) are parsed from server-sent events into small event objects.
+Streams (chat and arena) are parsed from server-sent events into small event objects;
+an answer's tool calls come as :class:`ToolCallDelta` while they stream (chat) and with
+its :class:`StreamDone`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "StreamDone",
     "StreamFailed",
     "TextDelta",
+    "ToolCallDelta",
 ]
 
 #: What a person should do when the router wants an API key from the UI.
@@ -90,11 +93,23 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of the answer's tool calls arrived; ``calls`` is every tool call so far in
+    OpenAI's shape (``{"id", "type", "function": {"name", "arguments"}}``), its pieces
+    merged: ``arguments`` (JSON text) grows as they come."""
+
+    calls: tuple[dict[str, Any], ...]
+    side: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamDone:
-    """An answer finished normally."""
+    """An answer finished normally; ``tool_calls`` are the calls it made, in OpenAI's
+    shape (in the arena without ``id``)."""
 
     finish_reason: str | None
     side: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +120,43 @@ class StreamFailed:
     side: str | None = None
 
 
-ChatEvent = ChatStarted | TextDelta | StreamDone | StreamFailed
+ChatEvent = ChatStarted | TextDelta | ToolCallDelta | StreamDone | StreamFailed
 ArenaEvent = BattleStarted | TextDelta | StreamDone | StreamFailed
+
+
+class _ToolCalls:
+    """A streamed answer's tool calls, merged from ``delta.tool_calls`` pieces by index
+    (id, type and name come once, arguments in pieces), as the router merges them."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, pieces: Any) -> bool:
+        """Merge one delta's pieces; whether there were any."""
+        if not isinstance(pieces, list) or not pieces:
+            return False
+        for piece in pieces:
+            if not isinstance(piece, dict):
+                continue
+            index = piece.get("index")
+            call = self._calls.setdefault(
+                index if isinstance(index, int) else len(self._calls),
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            for key in ("id", "type"):
+                if piece.get(key):
+                    call[key] = piece[key]
+            function = piece.get("function") or {}
+            if function.get("name"):
+                call["function"]["name"] = function["name"]
+            call["function"]["arguments"] += function.get("arguments") or ""
+        return True
+
+    def snapshot(self) -> tuple[dict[str, Any], ...]:
+        """The calls so far, in index order (copies: later pieces do not change them)."""
+        return tuple(
+            {**call, "function": dict(call["function"])} for _, call in sorted(self._calls.items())
+        )
 
 
 def _error_message(response: httpx.Response) -> tuple[str, str | None]:
@@ -271,6 +321,7 @@ class RouterClient:
         if max_tokens:
             body["max_tokens"] = max_tokens
         started = False
+        calls = _ToolCalls()
         async for response, event in self._events("/v1/chat/completions", body):
             if not started:
                 started = True
@@ -283,11 +334,14 @@ class RouterClient:
                 yield StreamFailed(str((event["error"] or {}).get("message", "stream failed")))
                 return
             for choice in event.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
                 if text:
                     yield TextDelta(text)
+                if calls.add(delta.get("tool_calls")):
+                    yield ToolCallDelta(calls.snapshot())
                 if choice.get("finish_reason"):
-                    yield StreamDone(choice["finish_reason"])
+                    yield StreamDone(choice["finish_reason"], tool_calls=calls.snapshot())
 
     async def feedback(
         self,
@@ -340,7 +394,8 @@ class RouterClient:
             elif kind == "delta" and event.get("content"):
                 yield TextDelta(event["content"], side=side)
             elif kind == "done":
-                yield StreamDone(event.get("finish_reason"), side=side)
+                calls = tuple(event.get("tool_calls") or ())
+                yield StreamDone(event.get("finish_reason"), side=side, tool_calls=calls)
             elif kind == "error":
                 yield StreamFailed(str(event.get("message", "this side failed")), side=side)
             elif "error" in event:  # a failure of the whole stream, in OpenAI's shape

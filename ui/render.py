@@ -1,14 +1,18 @@
-"""Small HTML fragments the tabs share: notices, badges, tables and number formats.
+"""Small HTML fragments the tabs share: notices, badges, tables and number formats, and
+the Markdown of an answer (tool calls, JSON).
 
-Every value that came from the router or a person is escaped here; the CSS classes are
-defined in ``theme.css``.
+Every value that came from the router or a person is escaped here (an answer's Markdown
+goes to a ``gr.Chatbot``, which sanitises it); the CSS classes are defined in
+``theme.css``.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
-from typing import Literal
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 Tone = Literal["info", "success", "warning", "error"]
 
@@ -82,3 +86,44 @@ def stat(label: str, value: str, hint: str = "") -> str:
 def panel(title: str, body: str) -> str:
     """A white card with a title; ``body`` is HTML the caller built (and escaped)."""
     return f'<div class="cr-panel"><div class="cr-section">{esc(title)}</div>{body}</div>'
+
+
+def answer_markdown(text: str | None, tool_calls: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """An answer as Markdown for a chat bubble: the text, then each tool call.
+
+    A text that is a JSON object or array (``response_format``) is pretty-printed in a
+    ``json`` block; any other text is returned unchanged, so an empty answer stays empty.
+    A tool call is ``**Tool call** `name``` over its arguments, pretty-printed when they
+    are JSON and shown as they are otherwise (a stream's arguments arrive in pieces).
+    """
+    parts = [_json_block(text) or text] if text else []
+    for call in tool_calls or ():
+        function = call.get("function") or {}
+        name = str(function.get("name") or "").replace("`", "'") or "tool"
+        arguments = function.get("arguments") or ""
+        if not isinstance(arguments, str):  # already parsed by whoever sent it
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        head = f"**Tool call** `{name}`"
+        if arguments.strip():
+            head += "\n\n" + (_json_block(arguments) or _code_block(arguments))
+        parts.append(head)
+    return "\n\n".join(parts)
+
+
+def _json_block(text: str) -> str | None:
+    """``text`` pretty-printed in a ``json`` block if it is a JSON object or array."""
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return _code_block(json.dumps(value, indent=2, ensure_ascii=False), "json")
+
+
+def _code_block(body: str, language: str = "") -> str:
+    """``body`` in a fenced block; the fence outgrows any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{body}\n{fence}"

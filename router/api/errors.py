@@ -103,9 +103,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # 400, as OpenAI answers an invalid request (FastAPI's default is 422).
         message, code, param = _describe(list(exc.errors()))
-        status = 400 if code == "invalid_json" else 422
-        return _respond(status, message, "invalid_request_error", code, param=param)
+        return _respond(400, message, "invalid_request_error", code, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from router.errors import InvalidRequest
 
 
 class SpecBase(BaseModel):
@@ -23,16 +26,29 @@ class SpecBase(BaseModel):
     stop: list[str] = Field(default_factory=list, description="Stop sequences, always applied.")
 
 
+Message = dict[str, Any]
+
+
 @dataclass(slots=True)
 class ChatParams:
-    """One chat request as a backend sees it (already validated)."""
+    """One chat request as a backend sees it (already validated).
 
-    messages: list[dict[str, str]]
+    ``messages`` are OpenAI's messages as the client sent them: ``content`` a string, a
+    list of parts or null, and ``name``, ``tool_calls``, ``tool_call_id`` where given.
+    ``options`` holds every other chat-completions field the client sent, unchanged
+    (``tools``, ``tool_choice``, ``response_format``, ``logprobs``, ``n``, penalties,
+    ``logit_bias``, ``metadata``, and fields OpenAI does not define, as ``extra_body``
+    sends them): a backend passes on what it can and refuses the rest with a 400
+    (``refuse``), never silently.
+    """
+
+    messages: list[Message]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -43,22 +59,52 @@ class Usage:
 
 @dataclass(slots=True)
 class Completion:
-    """A whole answer."""
+    """A whole answer: the first choice's text and finish reason, and, when the engine
+    answered with more than one plain text (tool calls, a refusal, logprobs, several
+    choices), ``choices`` in OpenAI's shape (``{"index", "message", "finish_reason",
+    "logprobs"?}``), which the client then receives as they are."""
 
     text: str
     finish_reason: str
     usage: Usage
     queue_wait_ms: float = 0.0
+    choices: list[dict[str, Any]] | None = None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        """The first choice's tool calls, if it made any."""
+        if not self.choices:
+            return None
+        return self.choices[0].get("message", {}).get("tool_calls") or None
 
 
 @dataclass(slots=True)
 class Delta:
-    """One piece of a streamed answer; the last one carries ``finish_reason`` and ``usage``."""
+    """One piece of a streamed answer; the last one carries ``usage``.
+
+    ``index`` is the choice it belongs to (``n`` > 1); ``finish_reason`` ends that choice.
+    ``fields`` are the rest of OpenAI's ``delta`` besides ``content`` (``tool_calls``
+    pieces with their own indices, ``refusal``), ``logprobs`` the choice's logprobs of
+    this piece; both are relayed to the client unchanged.
+    """
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     queue_wait_ms: float | None = None
+    index: int = 0
+    fields: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+def refuse(model: str, names: Iterable[str], why: str = "") -> None:
+    """400 naming the first option ``model`` cannot honour (never dropped silently)."""
+    for name in names:
+        raise InvalidRequest(
+            f"{name!r} is not supported by model {model!r}{f': {why}' if why else ''}.",
+            code="unsupported_parameter",
+            param=name,
+        )
 
 
 class Backend(ABC):
@@ -110,4 +156,22 @@ class Backend(ABC):
             top_p=params.top_p if params.top_p is not None else spec.top_p,
             stop=[*spec.stop, *(params.stop or [])] or None,
             seed=params.seed,
+            options=params.options,
         )
+
+
+def text_content(content: Any, *, model: str, param: str) -> str:
+    """A message's ``content`` as plain text, for engines that take strings: text parts
+    joined with newlines; a part of any other kind (an image, audio) is refused (400)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for i, part in enumerate(content):
+        if part.get("type") != "text":
+            raise InvalidRequest(
+                f"Model {model!r} takes text only; {param}.{i} is a {part.get('type')!r} part.",
+                code="unsupported_content",
+                param=f"{param}.{i}",
+            )
+        texts.append(part.get("text") or "")
+    return "\n".join(texts)

@@ -1,7 +1,10 @@
 """Any other MLflow pyfunc that takes chat messages (a logged LangChain chain, say).
 
 Run through its ``predict`` in a worker thread, one call at a time (a generic pyfunc
-promises no thread safety); streamed to the client as one chunk.
+promises no thread safety); streamed to the client as one chunk. It takes text messages
+and sampling parameters only: content parts are joined into text, and tools, tool
+messages, images and every other option (``response_format``, ``logprobs``, ``n``, ...)
+are refused with a 400 naming the field, never dropped.
 """
 
 from __future__ import annotations
@@ -10,13 +13,26 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field
 
-from router.backends.base import Backend, ChatParams, Completion, Delta, SpecBase, Usage
+from router.backends.base import (
+    Backend,
+    ChatParams,
+    Completion,
+    Delta,
+    SpecBase,
+    Usage,
+    refuse,
+    text_content,
+)
 from router.errors import BackendError
+
+#: Message fields of tool use, which a chat pyfunc has no way to take.
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "function_call")
 
 
 class PyfuncSpec(SpecBase):
@@ -65,8 +81,15 @@ class PyfuncBackend(Backend):
         predict = self._predict
         if predict is None:
             raise BackendError(f"model {self.spec.model_uri} is not loaded")
-        p = self.with_defaults(params)
-        options = {"temperature": p.temperature, "max_tokens": p.max_tokens}
+        p = self.with_defaults(replace(params, messages=self._messages(params)))
+        options: dict[str, Any] = {"temperature": p.temperature, "max_tokens": p.max_tokens}
+        # Sent only when the client set them: a pyfunc that does not declare them drops them.
+        if params.top_p is not None:
+            options["top_p"] = params.top_p
+        if p.stop:
+            options["stop"] = p.stop
+        if p.seed is not None:
+            options["seed"] = p.seed
         submitted = time.perf_counter()
         waited: list[float] = []
 
@@ -81,6 +104,27 @@ class PyfuncBackend(Backend):
         # A generic pyfunc reports no tokens: whitespace words are the honest stand-in.
         usage = Usage(sum(len(m["content"].split()) for m in p.messages), len(text.split()))
         return Completion(text, "stop", usage, queue_wait_ms=waited[0] if waited else 0.0)
+
+    def _messages(self, params: ChatParams) -> list[dict[str, Any]]:
+        """The messages as role and text; 400 for options, tools and non-text parts."""
+        model = self.spec.name
+        why = "an MLflow chat pyfunc takes text messages and sampling parameters only"
+        refuse(model, params.options, why)
+        out: list[dict[str, Any]] = []
+        for i, m in enumerate(params.messages):
+            refuse(model, [f"messages.{i}.{k}" for k in _TOOL_KEYS if m.get(k)], why)
+            if m.get("role") in ("tool", "function"):
+                refuse(model, [f"messages.{i}.role"], why)
+            message = {
+                "role": m["role"],
+                "content": text_content(
+                    m.get("content"), model=model, param=f"messages.{i}.content"
+                ),
+            }
+            if isinstance(m.get("name"), str):
+                message["name"] = m["name"]
+            out.append(message)
+        return out
 
     async def stream(self, params: ChatParams) -> AsyncIterator[Delta]:
         done = await self.complete(params)

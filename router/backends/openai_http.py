@@ -8,10 +8,22 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+from httpx_sse import EventSource, SSEError
 from pydantic import Field
 
 from router.backends.base import Backend, ChatParams, Completion, Delta, SpecBase, Usage
-from router.errors import BackendError, BackendTimeout, ContextLengthExceeded
+from router.errors import BackendError, BackendTimeout, ContextLengthExceeded, InvalidRequest
+
+#: Body fields the backend sets itself; a client's ``options`` never override them.
+_OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+#: Engine statuses that blame a field of the request (the client's to fix). Any other
+#: 4xx (401/403: our key; 404: our ``remote_model``; 429: the engine is busy) is the
+#: arm's failure, like a 5xx.
+_CLIENT_STATUSES = frozenset({400, 413, 422})
+#: Message keys that a plain text answer has; anything else set makes it not plain.
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "content"})
+#: Delta keys that are not relayed in ``Delta.fields``.
+_NOT_FIELDS = frozenset({"content", "role"})
 
 
 class OpenAISpec(SpecBase):
@@ -82,6 +94,9 @@ class OpenAIBackend(Backend):
             raise BackendError(f"{self.spec.base_url}/models answered HTTP {response.status_code}")
 
     def _body(self, params: ChatParams, stream: bool) -> bytes:
+        """The engine's request: the router's own fields, then every option the client
+        sent, unchanged (``tools``, ``response_format``, ``logprobs``, ``n``, unknown
+        ``extra_body`` fields, ...): the engine, not the router, judges them."""
         p = self.with_defaults(params)
         body: dict[str, Any] = {
             "model": self.spec.remote_model,
@@ -94,6 +109,9 @@ class OpenAIBackend(Backend):
             body["stop"] = p.stop
         if p.seed is not None:
             body["seed"] = p.seed
+        for name, value in p.options.items():
+            if name not in _OWN_FIELDS:
+                body[name] = value
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -106,16 +124,20 @@ class OpenAIBackend(Backend):
         return self._client
 
     def _raise_for_status(self, status: int, body: bytes) -> None:
+        """An engine's error status as ours: a prompt too long and a 400/413/422 about a
+        field are the client's (400, with the engine's message and ``param``); anything
+        else is the arm's failure (``BackendError``, 502)."""
         if status < 400:
             return
-        try:
-            error = orjson.loads(body).get("error") or {}
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            code = error.get("code") if isinstance(error, dict) else None
-        except (orjson.JSONDecodeError, AttributeError):
-            message, code = body[:200].decode(errors="replace"), None
-        if status == 400 and (code == "context_length_exceeded" or "context" in str(message)):
+        message, code, param = _engine_error(body)
+        if status == 400 and (code == "context_length_exceeded" or "context" in message):
             raise ContextLengthExceeded(f"{self.spec.name}: {message}")
+        if status in _CLIENT_STATUSES:
+            raise InvalidRequest(
+                message or f"{self.spec.name} refused the request (HTTP {status})",
+                code=code if isinstance(code, str) and code else None,
+                param=param,
+            )
         raise BackendError(f"{self.spec.name} answered HTTP {status}: {message}")
 
     async def complete(self, params: ChatParams) -> Completion:
@@ -128,48 +150,129 @@ class OpenAIBackend(Backend):
         self._raise_for_status(response.status_code, response.content)
         try:
             data = orjson.loads(response.content)
-            choice = data["choices"][0]
+            if "choices" not in data and _is_error(data):
+                raise BackendError(f"{self.spec.name} failed: {_engine_error(data)[0]}")
+            choices = data["choices"]
+            first = choices[0]
+            message = first["message"]
             usage = data.get("usage") or {}
+            content = message.get("content")
             return Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=choice.get("finish_reason") or "stop",
+                text=content if isinstance(content, str) else "",
+                finish_reason=first.get("finish_reason") or "stop",
                 usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+                choices=None if _plain(choices) else choices,
             )
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(f"{self.spec.name} sent a malformed completion: {exc!r}") from exc
 
     async def stream(self, params: ChatParams) -> AsyncIterator[Delta]:
-        finish, usage, pieces = "stop", None, 0
+        """The engine's chunks as ``Delta``s, choice by choice (``index``), with tool call
+        pieces, refusals and logprobs; the last ``Delta`` carries choice 0's finish reason
+        and the usage. An engine's error event, or a stream that stops before any choice
+        finished and without ``[DONE]`` (a cut connection), raises ``BackendError``."""
+        # Choice 0's finish is held back for the last Delta, which carries the usage.
+        finish: str | None = None
+        usage: Usage | None = None
+        pieces, finished, done, answering = 0, False, False, False
         try:
             request = self.client.build_request("POST", self._url, content=self._body(params, True))
             response = await self.client.send(request, stream=True)
             try:
                 if response.status_code >= 400:
                     self._raise_for_status(response.status_code, await response.aread())
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
+                answering = True
+                async for event in EventSource(response).aiter_sse():
+                    if event.data == "[DONE]":
+                        done = True
                         break
-                    chunk = orjson.loads(payload)
-                    if chunk.get("usage"):
-                        u = chunk["usage"]
+                    if event.event == "error":
+                        why = _engine_error(event.data.encode())[0]
+                        raise BackendError(f"{self.spec.name} failed mid-stream: {why}")
+                    if not event.data:
+                        continue
+                    chunk = orjson.loads(event.data)
+                    if _is_error(chunk):
+                        why = _engine_error(chunk)[0]
+                        raise BackendError(f"{self.spec.name} failed mid-stream: {why}")
+                    if u := chunk.get("usage"):
                         usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0))
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                        if text:
+                        delta = choice.get("delta") or {}
+                        index = choice.get("index") or 0
+                        text = delta.get("content") or ""
+                        fields = {
+                            k: v
+                            for k, v in delta.items()
+                            if k not in _NOT_FIELDS and v not in (None, "", [], {})
+                        } or None
+                        logprobs = choice.get("logprobs") or None
+                        reason = choice.get("finish_reason") or None
+                        if reason:
+                            finished = True
+                            if index == 0:
+                                finish, reason = reason, None
+                        if not (text or fields or logprobs or reason):
+                            continue
+                        if text or fields:
                             pieces += 1
-                            yield Delta(text=text)
+                        yield Delta(
+                            text=text,
+                            finish_reason=reason,
+                            index=index,
+                            fields=fields,
+                            logprobs=logprobs,
+                        )
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:
             raise BackendTimeout(f"{self.spec.name} timed out: {exc!r}") from exc
+        except SSEError as exc:  # an httpx.TransportError: caught first
+            raise BackendError(f"{self.spec.name} did not stream events: {exc}") from exc
         except httpx.HTTPError as exc:
+            if answering:
+                raise BackendError(f"{self.spec.name}: the stream broke off: {exc!r}") from exc
             raise BackendError(f"{self.spec.name} unreachable: {exc!r}") from exc
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             raise BackendError(f"{self.spec.name} sent a malformed stream: {exc!r}") from exc
+        if not (done or finished):
+            raise BackendError(f"{self.spec.name}: the stream ended before the answer finished")
         # Engines that ignore include_usage: count pieces, the closest proxy for tokens.
-        yield Delta(finish_reason=finish, usage=usage or Usage(0, pieces))
+        yield Delta(finish_reason=finish or "stop", usage=usage or Usage(0, pieces))
+
+
+def _plain(choices: list[dict[str, Any]]) -> bool:
+    """One choice of plain text: nothing the client would lose if only its text went on
+    (no tool calls, refusal, reasoning, audio, logprobs, ...)."""
+    if len(choices) != 1 or choices[0].get("logprobs"):
+        return False
+    message = choices[0]["message"]
+    return not any(v for k, v in message.items() if k not in _PLAIN_MESSAGE_KEYS)
+
+
+def _is_error(chunk: Any) -> bool:
+    """An engine's error in place of a chunk: ``{"error": {...}}`` (OpenAI, vLLM, Ollama,
+    llama-server) or vLLM's older ``{"object": "error", "message": ...}``."""
+    return isinstance(chunk, dict) and (bool(chunk.get("error")) or chunk.get("object") == "error")
+
+
+def _engine_error(body: bytes | dict[str, Any]) -> tuple[str, Any, str | None]:
+    """``(message, code, param)`` of an engine's error body, in any of the shapes engines
+    send (``{"error": {...}}``, ``{"error": "..."}``, vLLM's older flat object, text)."""
+    data: Any = body
+    if isinstance(body, bytes):
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body[:200].decode(errors="replace"), None, None
+    if not isinstance(data, dict):
+        return str(data)[:200], None, None
+    error = data.get("error") if data.get("error") else data
+    if not isinstance(error, dict):
+        return str(error), None, None
+    param = error.get("param")
+    return (
+        str(error.get("message") or ""),
+        error.get("code"),
+        param if isinstance(param, str) else None,
+    )

@@ -84,6 +84,7 @@ class Ledger:
         if record.status != FALLBACK:
             record.status = OK
         record.response_text = result.text
+        record.tool_calls = result.tool_calls
         record.finish_reason = result.finish_reason
         record.prompt_tokens = result.usage.prompt_tokens
         record.completion_tokens = result.usage.completion_tokens

@@ -4,6 +4,7 @@ the ``chat.completion.chunk`` events, in OpenAI's shapes."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
@@ -23,12 +24,17 @@ class ChunkWriter:
             "model": record.route,
         }
 
-    def event(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
-        body = {
-            **self._base,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        return sse(orjson.dumps(body))
+    def event(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        index: int = 0,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        return sse(orjson.dumps({**self._base, "choices": [choice]}))
 
     def usage(self, record: RequestRecord) -> bytes:
         body = {**self._base, "choices": [], "usage": usage(record)}
@@ -65,7 +71,9 @@ def completion_json(record: RequestRecord, result: Completion) -> bytes:
             "object": "chat.completion",
             "created": int(record.created_at.timestamp()),
             "model": record.route,
-            "choices": [
+            # The engine's own choices when it said more than one plain text.
+            "choices": result.choices
+            or [
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": result.text},

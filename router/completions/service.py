@@ -15,7 +15,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from router.assignment import ArmName, Unit, assign
 from router.backends import ChatParams, Completion, Delta
@@ -218,7 +218,7 @@ class ChatService:
         forced: ForcedArm | None,
     ) -> Started:
         """The request's row, route, arm and parameters; a refusal is logged and raised."""
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        messages = body.message_dicts()
         record = self._ledger.open(body.model, stream=body.stream, messages=messages)
         record.key_id = key_id
         try:
@@ -262,12 +262,13 @@ class ChatService:
         record.unit_id, record.assignment_reason = unit_id, reason
         record.unit_source = unit.source
         params = ChatParams(
-            messages=[{"role": _role(m.role), "content": m.content} for m in body.messages],
+            messages=[_as_engine_message(m) for m in record.messages or ()],
             max_tokens=body.max_completion_tokens or body.max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             stop=body.stop,  # type: ignore[arg-type]  # normalised to a list by the schema
             seed=body.seed,
+            options=body.options(),
         )
         shadowed = forced is None and role == "champion" and route.shadow
         if shadowed and route.challenger is not None:
@@ -315,10 +316,12 @@ class ChatService:
     async def _open_and_relay(
         self, record: RequestRecord, route: Route, arm: Arm, params: ChatParams
     ) -> AsyncGenerator[str, None]:
+        """The arm's answer as text pieces (the arena shows text)."""
         deltas, head = await self._open(record, route, arm, params, fallback=False)
         async with aclosing(self._streams.relay(record, deltas, head)) as pieces:
-            async for piece in pieces:
-                yield piece
+            async for delta in pieces:
+                if delta.index == 0 and delta.text:
+                    yield delta.text
 
     def _override(self, header: str | None) -> ArmName | None:
         if header is None or not self._settings.allow_arm_override:
@@ -357,6 +360,8 @@ class ChatService:
             return route.champion, answered
 
 
-def _role(role: str) -> str:
+def _as_engine_message(message: dict[str, Any]) -> dict[str, Any]:
     # OpenAI's newer "developer" role is a system prompt to every engine we front.
-    return "system" if role == "developer" else role
+    if message["role"] == "developer":
+        return {**message, "role": "system"}
+    return message

@@ -26,6 +26,7 @@ _SIDE_COLUMNS = (
     "model_name",
     "model_version",
     "response_text",
+    "tool_calls",
     "finish_reason",
     "status",
     "error_type",

@@ -57,6 +57,8 @@ class InferenceRecord(SQLModel, table=True):
     response_text: str | None = Field(default=None, sa_column=Column(Text))
     response_chars: int = 0
     response_sha256: str | None = Field(default=None, max_length=64)
+    #: The answer's tool calls (OpenAI's ``message.tool_calls``), when it made any.
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     finish_reason: str | None = Field(default=None, max_length=32)
     status: str = Field(max_length=24)
     http_status: int = 200

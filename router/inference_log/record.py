@@ -51,6 +51,7 @@ class RequestRecord:
     assignment_reason: str | None = None
     bucket: int | None = None
     response_text: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     status: str = OK
     http_status: int = 200
@@ -116,6 +117,7 @@ class RequestRecord:
             "response_text": self.response_text if store_prompts else None,
             "response_chars": len(self.response_text or ""),
             "response_sha256": _sha256(response) if self.response_text is not None else None,
+            "tool_calls": self.tool_calls if store_prompts else None,
             "finish_reason": self.finish_reason,
             "status": self.status,
             "http_status": self.http_status,

@@ -361,7 +361,7 @@ class LogWriter:
 
 
 #: Columns newer than some journal a previous version may have left: null when replayed.
-_ADDED_COLUMNS: Row = {"key_id": None, "unit_source": None}
+_ADDED_COLUMNS: Row = {"key_id": None, "unit_source": None, "tool_calls": None}
 
 
 def _storable(row: Row) -> tuple[Row, bytes]:

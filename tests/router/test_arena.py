@@ -3,9 +3,10 @@ rows logged like any request, the vote stored and counted, streaming, every 4xx.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -15,7 +16,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import create_engine, func, select
 
-from router.backends import FakeSpec
+from router.backends import ChatParams, Completion, Delta, FakeSpec
+from router.backends.fake import FakeBackend
 from router.config import RouteConfig, Settings
 from router.evaluation.aggregate import aggregate
 from router.inference_log.crud import BATTLES, VOTES
@@ -112,7 +114,17 @@ def test_battle_answers_blind_then_the_vote_reveals_and_is_counted(
         body = r.json()
         assert set(body) == {"battle_id", "route", "created_at", "turn", "a", "b"}
         assert body["turn"] == 1
-        assert set(body["a"]) == set(body["b"]) == {"content", "finish_reason", "error"}
+        assert (
+            set(body["a"])
+            == set(body["b"])
+            == {
+                "content",
+                "finish_reason",
+                "error",
+                "tool_calls",
+            }
+        )
+        assert body["a"]["tool_calls"] is None and body["b"]["tool_calls"] is None
         for giveaway in GIVEAWAYS:
             assert giveaway not in r.text
         assert body["route"] == "chat"
@@ -227,13 +239,13 @@ def test_unknown_battle_is_404(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [
-        ({"route": None}, 422, "invalid_request"),
-        ({"messages": []}, 422, "invalid_request"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "invalid_request"),
-        ({"messages": [{"role": "user", "content": ["a", "b"]}]}, 422, "invalid_request"),
-        ({"temperature": 3}, 422, "invalid_request"),
-        ({"max_tokens": 0}, 422, "invalid_request"),
-        ({"model": "chat"}, 422, "invalid_request"),  # extra fields are refused
+        ({"route": None}, 400, "invalid_request"),
+        ({"messages": []}, 400, "invalid_request"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": ["a", "b"]}]}, 400, "invalid_request"),
+        ({"temperature": 3}, 400, "invalid_request"),
+        ({"max_tokens": 0}, 400, "invalid_request"),
+        ({"model": "chat"}, 400, "invalid_request"),  # extra fields are refused
         ({"max_tokens": 100_000}, 400, "max_tokens_too_large"),
         ({"route": "nope"}, 404, "model_not_found"),
         ({"route": "solo"}, 400, "no_challenger"),
@@ -277,10 +289,10 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "body", [{"winner": "champion"}, {}, {"winner": "a", "stars": 5}], ids=["bad", "none", "extra"]
 )
-def test_bad_vote_is_422(http: httpx.Client, settings: Settings, body: dict[str, Any]) -> None:
+def test_bad_vote_is_400(http: httpx.Client, settings: Settings, body: dict[str, Any]) -> None:
     b = battle(http)
     r = http.post(f"/v1/arena/battles/{b['battle_id']}/vote", json=body)
-    assert r.status_code == 422, r.text
+    assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "invalid_request"
     assert stored(settings, VOTES) == []
 
@@ -300,6 +312,7 @@ def test_failing_side_shows_an_error_but_the_battle_stands(http: httpx.Client) -
         "content": None,
         "finish_reason": None,
         "error": "The model failed to answer.",
+        "tool_calls": None,
     }
     assert (b[answered]["content"], b[answered]["error"]) == (PROMPT, None)
 
@@ -555,7 +568,7 @@ def test_follow_up_refusals(http: httpx.Client) -> None:
     assert error["code"] == "side_failed"
     assert "start a new one" in error["message"]
     ok = battle(http)
-    for body, status in (({"content": ""}, 422), ({"messages": []}, 422), ({"stream": 1.5}, 422)):
+    for body, status in (({"content": ""}, 400), ({"messages": []}, 400), ({"stream": 1.5}, 400)):
         got = http.post(f"/v1/arena/battles/{ok['battle_id']}/turns", json=body)
         assert got.status_code == status, (body, got.text)
     missing = follow_up(http, "battle-nope")
@@ -575,3 +588,91 @@ def test_follow_up_needs_the_stored_conversation(
     error = r.json()["error"]
     assert error["code"] == "history_not_stored"
     assert "store_prompts" in error["message"]
+
+
+# -- tool calls -----------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture
+def challenger_calls_a_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake challenger answers as if it had been given ``WEATHER_TOOL`` (a battle
+    sends no tools, but a model may call one all the same)."""
+    complete, stream = FakeBackend.complete, FakeBackend.stream
+
+    def asked(backend: FakeBackend, params: ChatParams) -> ChatParams:
+        if backend.spec.name != "fake-challenger":
+            return params
+        return dataclasses.replace(params, options={**params.options, "tools": [WEATHER_TOOL]})
+
+    async def complete_with(self: FakeBackend, params: ChatParams) -> Completion:
+        return await complete(self, asked(self, params))
+
+    def stream_with(self: FakeBackend, params: ChatParams) -> AsyncIterator[Delta]:
+        return stream(self, asked(self, params))
+
+    monkeypatch.setattr(FakeBackend, "complete", complete_with)
+    monkeypatch.setattr(FakeBackend, "stream", stream_with)
+
+
+def _the_call(calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The one tool call of a side, as the arena shows it: no id (it could tell who)."""
+    assert calls is not None
+    [call] = calls
+    assert call["type"] == "function" and "id" not in call
+    assert call["function"]["name"] == "get_weather"
+    assert set(orjson.loads(call["function"]["arguments"])) == {"city"}
+    return call
+
+
+@pytest.mark.usefixtures("challenger_calls_a_tool")
+def test_an_answer_with_tool_calls_shows_them(http: httpx.Client) -> None:
+    b = battle(http)
+    sides = {side: b[side] for side in "ab"}
+    [caller] = [side for side, answer in sides.items() if answer["tool_calls"]]
+    other = "b" if caller == "a" else "a"
+    call = _the_call(sides[caller]["tool_calls"])
+    assert (sides[caller]["content"], sides[caller]["finish_reason"]) == ("", "tool_calls")
+    assert sides[other] == {
+        "content": PROMPT,
+        "finish_reason": "stop",
+        "error": None,
+        "tool_calls": None,
+    }
+    # As logged: the same before the vote, and after it with who answered.
+    state = http.get(f"/v1/arena/battles/{b['battle_id']}").json()
+    assert state[caller]["tool_calls"] == [call] and state[other]["tool_calls"] is None
+    revealed = vote(http, b["battle_id"], caller).json()
+    after = http.get(f"/v1/arena/battles/{b['battle_id']}").json()
+    assert (after[caller]["arm"], after[caller]["tool_calls"]) == ("challenger", [call])
+    row = http.get(f"/v1/requests/{revealed[caller]['request_id']}").json()
+    [logged] = row["tool_calls"]
+    assert logged["id"] and {k: v for k, v in logged.items() if k != "id"} == call
+
+
+@pytest.mark.usefixtures("challenger_calls_a_tool")
+def test_a_streamed_answer_with_tool_calls_ends_with_them(http: httpx.Client) -> None:
+    r = start(http, stream=True)
+    assert r.status_code == 201, r.text
+    assert "call_" not in r.text  # the engine's call ids stay out of the blind answers
+    events = sse(r.text)
+    done = {e["side"]: e for e in events[1:-1] if e["type"] == "done"}
+    [caller] = [side for side, event in done.items() if "tool_calls" in event]
+    other = "b" if caller == "a" else "a"
+    call = _the_call(done[caller]["tool_calls"])
+    assert done[caller]["finish_reason"] == "tool_calls"
+    assert done[other] == {"type": "done", "side": other, "finish_reason": "stop"}
+    assert not [e for e in events[1:-1] if e["type"] == "delta" and e["side"] == caller]
+    state = http.get(f"/v1/arena/battles/{events[0]['battle_id']}").json()
+    assert state[caller]["tool_calls"] == [call]

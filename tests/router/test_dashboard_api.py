@@ -273,11 +273,11 @@ def test_route_without_challenger_has_a_null_arm(
     [
         ("/v1/routes/nope/dashboard", {}, 404, "model_not_found"),
         ("/v1/routes/nope/dashboard.csv", {}, 404, "model_not_found"),
-        ("/v1/routes/chat/dashboard", {"bucket_s": 0}, 422, "invalid_request"),
-        ("/v1/routes/chat/dashboard", {"window_s": "an hour"}, 422, "invalid_request"),
-        ("/v1/routes/chat/dashboard", {"window_s": 10**9}, 422, "invalid_request"),
+        ("/v1/routes/chat/dashboard", {"bucket_s": 0}, 400, "invalid_request"),
+        ("/v1/routes/chat/dashboard", {"window_s": "an hour"}, 400, "invalid_request"),
+        ("/v1/routes/chat/dashboard", {"window_s": 10**9}, 400, "invalid_request"),
         ("/v1/routes/chat/dashboard", {"bucket_s": 1, "window_s": 86_400}, 400, "too_many_buckets"),
-        ("/v1/routes/chat/dashboard.csv", {"bucket_s": -5}, 422, "invalid_request"),
+        ("/v1/routes/chat/dashboard.csv", {"bucket_s": -5}, 400, "invalid_request"),
     ],
     ids=["unknown", "unknown-csv", "bucket-0", "window-text", "window-huge", "buckets", "csv-bad"],
 )

@@ -328,7 +328,7 @@ def test_manual_policy_only_recommends_and_admin_is_required(
             http.post("/v1/experiments", json={"route": "nope"}, headers=ADMIN).status_code == 404
         )
         bad = http.post("/v1/experiments", json={"route": "chat", "stages": [0]}, headers=ADMIN)
-        assert bad.status_code == 422
+        assert bad.status_code == 400
         exp = _start(http, policy=body["policy"])
         _traffic(http, 240, {"champion": 0.3, "challenger": 0.9})
         decision = _evaluate(http, exp)

@@ -153,13 +153,13 @@ def test_unknown_request_id_is_404_in_openai_shape(http: httpx.Client, method: s
     ],
     ids=["bad-value", "missing-request-id", "unknown-field"],
 )
-def test_malformed_feedback_is_422_naming_the_field(
+def test_malformed_feedback_is_400_naming_the_field(
     http: httpx.Client, answered: dict[str, Any], change: dict[str, Any], field: str
 ) -> None:
     body = {"request_id": answered["id"], "value": "up", **change}
     body = {k: v for k, v in body.items() if v is not None}
     r = http.post("/v1/feedback", json=body)
-    assert r.status_code == 422, r.text
+    assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["code"] == "invalid_request"
     assert field in error["message"]

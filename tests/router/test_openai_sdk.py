@@ -65,10 +65,11 @@ def test_sdk_errors_are_typed(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert "nope" in str(missing.value)
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError) as invalid:  # 400, as OpenAI answers
         client.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "x"}], temperature=5
         )
+    assert invalid.value.param == "temperature"
 
 
 def test_unit_header_and_arm_override(

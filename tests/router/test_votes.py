@@ -240,7 +240,7 @@ def _shadow_of(settings: Settings, request_id: str, timeout_s: float = 10) -> st
     ],
     ids=["bad-winner", "missing-winner", "missing-request-id", "unknown-field"],
 )
-def test_malformed_vote_is_422_naming_the_field(
+def test_malformed_vote_is_400_naming_the_field(
     http: httpx.Client,
     settings: Settings,
     pair: tuple[str, str],
@@ -250,7 +250,7 @@ def test_malformed_vote_is_422_naming_the_field(
     body = {"request_id_a": pair[0], "request_id_b": pair[1], "winner": "a", **change}
     body = {k: v for k, v in body.items() if v is not None}
     r = http.post("/v1/votes", json=body)
-    assert r.status_code == 422, r.text
+    assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["code"] == "invalid_request"
     assert field in error["message"]

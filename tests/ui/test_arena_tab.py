@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import text
 
 from tests.servers import free_port
-from tests.ui.conftest import Running, text_of
+from tests.ui.conftest import WEATHER_TOOL, Running, text_of
 from ui.client import RouterClient
 from ui.tabs import arena
 
@@ -120,3 +122,26 @@ async def test_sending_again_asks_both_sides_a_follow_up(client: RouterClient) -
     fresh = [v async for v in arena.play(client, "chat", "hello", "unit-arena", voted.battle)]
     assert fresh[-1].battle["battle_id"] != first.battle["battle_id"]
     assert len(fresh[-1].chat_a) == 2
+
+
+async def test_a_side_that_calls_a_tool_shows_the_call(
+    client: RouterClient, fakes_answer_with: Callable[..., None]
+) -> None:
+    fakes_answer_with(only="fake-challenger", tools=[WEATHER_TOOL])
+    last = (await _played(client, "weather in Paris?"))[-1]
+    answers = {last.chat_a[-1]["content"], last.chat_b[-1]["content"]}
+    [call] = [a for a in answers if a != "weather in Paris?"]  # the champion echoes
+    assert call.startswith('**Tool call** `get_weather`\n\n```json\n{\n  "city": ')
+    assert last.vote_a["interactive"] is True  # an answer like any other: vote on it
+    for secret in ("champion", "challenger", "fake-", "call_"):
+        assert secret not in text_of(last)
+
+    # A follow-up keeps the call shown in the side's history.
+    again = [v async for v in arena.play(client, "chat", "and Rome?", "u", last.battle)][-1]
+    shown = [m["content"] for m in (*again.chat_a, *again.chat_b) if m["role"] == "assistant"]
+    assert call in shown and sum(c.startswith("**Tool call**") for c in shown) == 2
+    state = await client.battle(last.battle["battle_id"])
+    side = "a" if again.chat_a[-1]["content"].startswith("**Tool call**") else "b"
+    [logged] = state[side]["tool_calls"]
+    assert logged["function"]["name"] == "get_weather" and "id" not in logged
+    assert state["ab".replace(side, "")]["tool_calls"] is None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tests.ui.conftest import text_of
+import json
+from collections.abc import Callable
+
+from tests.ui.conftest import WEATHER_TOOL, text_of
 from ui.client import RouterClient
 from ui.tabs import chat
 
@@ -103,6 +106,38 @@ async def test_refused_turn_is_undone_and_the_text_given_back(client: RouterClie
     assert "cr-error" in last.status and "no-such-route" in last.status
     [empty] = [v async for v in chat.send(client, "chat", "  ", [], [], "u", False)]
     assert "Type a message first" in empty.status
+
+
+async def test_a_tool_call_is_shown_not_an_empty_answer(
+    client: RouterClient, fakes_answer_with: Callable[..., None]
+) -> None:
+    fakes_answer_with(tools=[WEATHER_TOOL])
+    last = (await _turn(client, "weather in Paris?"))[-1]
+    [_, shown] = last.chatbot
+    assert shown["role"] == "assistant"
+    head, block = shown["content"].split("\n\n")
+    assert head == "**Tool call** `get_weather`"
+    assert block.startswith("```json\n{\n  ") and block.endswith("\n}\n```")
+    assert set(json.loads(block.removeprefix("```json").removesuffix("```"))) == {"city"}
+    [answer] = last.answers
+    assert [c["function"]["name"] for c in answer["tool_calls"]] == ["get_weather"]
+    assert "The answer stopped" not in shown["content"] and "cr-error" not in last.status
+    # The conversation keeps the answer's own text for the next turn; the call stays shown.
+    assert last.conversation[-1] == {"role": "assistant", "content": ""}
+    after = (await _turn(client, "and tomorrow?", last.conversation, last.answers))[-1]
+    assert after.chatbot[1] == shown and len(after.chatbot) == 4
+
+
+async def test_a_json_answer_is_pretty_printed(
+    client: RouterClient, fakes_answer_with: Callable[..., None]
+) -> None:
+    fakes_answer_with(response_format={"type": "json_object"})
+    last = (await _turn(client, "answer in json"))[-1]
+    raw = last.conversation[-1]["content"]
+    assert set(json.loads(raw)) == {"answer"}
+    shown = last.chatbot[-1]["content"]
+    assert shown == f"```json\n{json.dumps(json.loads(raw), indent=2)}\n```"
+    assert shown.startswith('```json\n{\n  "answer": ')
 
 
 def test_new_chat_clears_everything_but_the_unit() -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from router.config import Settings
 from tests.servers import free_port
-from tests.ui.conftest import TOKEN, Running
+from tests.ui.conftest import TOKEN, WEATHER_TOOL, Running
 from ui.client import (
     API_KEY_HINT,
     BattleStarted,
@@ -20,6 +22,7 @@ from ui.client import (
     RouterUnreachable,
     StreamDone,
     TextDelta,
+    ToolCallDelta,
 )
 
 HELLO = [{"role": "user", "content": "hello blue world"}]
@@ -36,6 +39,71 @@ async def test_chat_stream_names_the_logged_request(client: RouterClient) -> Non
     assert row["unit_id"] == "unit-7"
     assert row["arm"] == start.arm
     assert row["response_text"] == text and text
+
+
+async def test_chat_stream_gathers_tool_call_pieces(
+    client: RouterClient, fakes_answer_with: Callable[..., None]
+) -> None:
+    fakes_answer_with(tools=[WEATHER_TOOL])
+    events = [e async for e in client.chat_stream("chat", HELLO, user="unit-tools")]
+    pieces = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert len(pieces) >= 3  # the name, then the arguments in pieces
+    assert pieces[0].calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert not any(isinstance(e, TextDelta) for e in events)
+    done = events[-1]
+    assert isinstance(done, StreamDone) and done.finish_reason == "tool_calls"
+    [call] = done.tool_calls
+    assert call["type"] == "function" and call["id"]
+    assert call["function"]["name"] == "get_weather"
+    assert set(orjson.loads(call["function"]["arguments"])) == {"city"}
+    assert pieces[-1].calls == done.tool_calls
+    row = await client.request(events[0].request_id)  # type: ignore[union-attr]
+    assert row["tool_calls"] == [call]
+
+
+def _sse(*chunks: Any) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+async def test_tool_call_pieces_merge_by_index() -> None:
+    """Two calls whose pieces interleave, content null, as an engine may send them."""
+    body = _sse(
+        _choice({"role": "assistant", "content": None}),
+        _choice({"tool_calls": [{"index": 0, "id": "c0", "function": {"name": "f"}}]}),
+        _choice({"tool_calls": [{"index": 1, "id": "c1", "type": "function",
+                                 "function": {"name": "g", "arguments": "[1,"}}]}),
+        _choice({"content": None, "tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        _choice({"tool_calls": [{"index": 1, "function": {"arguments": " 2]"}}]}),
+        _choice({}, "tool_calls"),
+    )  # fmt: skip
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "x-request-id": "chatcmpl-x"}
+        return httpx.Response(200, content=body, headers=headers)
+
+    client = RouterClient("http://router", transport=httpx.MockTransport(answer))
+    events = [e async for e in client.chat_stream("chat", HELLO)]
+    await client.aclose()
+    assert [type(e).__name__ for e in events] == [
+        "ChatStarted",
+        *["ToolCallDelta"] * 4,
+        "StreamDone",
+    ]
+    first = events[1]
+    assert isinstance(first, ToolCallDelta)
+    assert first.calls == (
+        {"id": "c0", "type": "function", "function": {"name": "f", "arguments": ""}},
+    )  # an event keeps what it said: later pieces do not change it
+    done = events[-1]
+    assert isinstance(done, StreamDone)
+    assert done.tool_calls == (
+        {"id": "c0", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "c1", "type": "function", "function": {"name": "g", "arguments": "[1, 2]"}},
+    )
 
 
 async def test_battle_stream_has_both_sides_and_no_identities(client: RouterClient) -> None:

@@ -23,7 +23,7 @@ from ui.client import (
     StreamFailed,
     TextDelta,
 )
-from ui.render import esc, notice
+from ui.render import answer_markdown, esc, notice
 
 SIDES = ("a", "b")
 #: The four votes, in button order, with their labels.
@@ -76,8 +76,14 @@ def _v(version: str | None) -> str | None:
     return f"v{version}" if version else None
 
 
+def _shown(answer: dict[str, Any]) -> str:
+    """A side's answer as its chatbot shows it: tool calls and JSON made readable."""
+    return answer_markdown(answer["text"], answer.get("tool_calls"))
+
+
 def _messages(battle: dict[str, Any], side: str) -> list[dict[str, str]]:
-    """One side's conversation for its chatbot: earlier turns, the prompt, the answer so far."""
+    """One side's conversation for its chatbot: earlier turns (kept as they were shown),
+    the prompt, the answer so far."""
     messages = []
     for turn in battle.get("history", []):
         messages += [
@@ -85,7 +91,7 @@ def _messages(battle: dict[str, Any], side: str) -> list[dict[str, str]]:
             {"role": "assistant", "content": turn[side]},
         ]
     messages.append({"role": "user", "content": battle["prompt"]})
-    text, error = battle[side]["text"], battle[side]["error"]
+    text, error = _shown(battle[side]), battle[side]["error"]
     if error:
         failure = f"⚠ *This model could not answer: {error}*"
         text = f"{text}\n\n{failure}" if text else failure
@@ -150,9 +156,11 @@ async def play(
         status = notice("Type a prompt first.", "warning")
         yield _view(current, status, voting=_goes_on(current, route), busy=False)
         return
-    fresh = {side: {"text": "", "error": None, "done": False} for side in SIDES}
+    fresh: dict[str, dict[str, Any]] = {
+        side: {"text": "", "tool_calls": [], "error": None, "done": False} for side in SIDES
+    }
     if current is not None and _goes_on(current, route):
-        done = {"prompt": current["prompt"], **{side: current[side]["text"] for side in SIDES}}
+        done = {"prompt": current["prompt"], **{side: _shown(current[side]) for side in SIDES}}
         battle = {**current, **fresh, "prompt": prompt, "history": [*current["history"], done]}
         events = client.follow_up_stream(current["battle_id"], prompt, route=route)
     else:
@@ -175,7 +183,7 @@ async def play(
             if isinstance(event, TextDelta):
                 side["text"] += event.text
             elif isinstance(event, StreamDone):
-                side["done"] = True
+                side["done"], side["tool_calls"] = True, list(event.tool_calls)
             elif isinstance(event, StreamFailed):
                 side["error"], side["done"] = event.message, True
             if time.monotonic() - last >= REFRESH_S:

@@ -14,8 +14,16 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from ui.client import ChatStarted, RouterClient, RouterError, StreamFailed, TextDelta
-from ui.render import notice, table
+from ui.client import (
+    ChatStarted,
+    RouterClient,
+    RouterError,
+    StreamDone,
+    StreamFailed,
+    TextDelta,
+    ToolCallDelta,
+)
+from ui.render import answer_markdown, notice, table
 
 REFRESH_S = 0.05  # stream updates go to the browser at most this often
 INTRO = (
@@ -37,11 +45,15 @@ class ChatView(NamedTuple):
 
 
 def display(conversation: list[dict[str, str]], answers: list[dict[str, Any]]) -> list[dict]:
-    """The chatbot's messages: the conversation, with failures noted under their answer."""
+    """The chatbot's messages: the conversation, answers made readable (their tool calls
+    shown, JSON pretty-printed), failures noted under their answer."""
     failed = {a["index"]: a["error"] for a in answers if a.get("error")}
+    calls = {a["index"]: a.get("tool_calls") for a in answers}
     shown = []
     for i, message in enumerate(conversation):
         content = message["content"]
+        if message["role"] == "assistant":
+            content = answer_markdown(content, calls.get(i))
         if i in failed:
             note = f"⚠ *The answer stopped: {failed[i]}*"
             content = f"{content}\n\n{note}" if content else note
@@ -108,6 +120,10 @@ async def send(
                 rated.append(answer)
             elif isinstance(event, TextDelta):
                 turns[-1]["content"] += event.text
+            elif isinstance(event, ToolCallDelta):
+                answer["tool_calls"] = list(event.calls)
+            elif isinstance(event, StreamDone) and event.tool_calls:
+                answer["tool_calls"] = list(event.tool_calls)
             elif isinstance(event, StreamFailed):
                 answer["error"] = event.message
             if time.monotonic() - last >= REFRESH_S:

@@ -10,9 +10,13 @@ from fastapi.responses import Response, StreamingResponse
 from router.api.deps import ClientDep, ServiceDep
 from router.api.json_body import JSONRoute
 from router.assignment import unit_of
+from router.errors import NotFound
 from router.schemas import ChatCompletionRequest
 
 router = APIRouter(tags=["chat"], route_class=JSONRoute)
+
+#: OpenAI endpoints this router does not route: a clear 404 rather than a generic one.
+NOT_ROUTED = ("/v1/completions", "/v1/embeddings", "/v1/responses")
 
 
 @router.post("/v1/chat/completions")
@@ -44,3 +48,15 @@ async def chat_completions(
         body, unit=unit, key_id=key_id, arm_override=x_canary_arm
     )
     return Response(payload, media_type="application/json", headers=headers)
+
+
+async def not_routed(request: Request) -> Response:
+    raise NotFound(
+        f"This router serves chat completions (POST /v1/chat/completions); "
+        f"{request.url.path} is not routed to the models behind it.",
+        code="unsupported_endpoint",
+    )
+
+
+for _path in NOT_ROUTED:
+    router.add_api_route(_path, not_routed, methods=["POST"], include_in_schema=False)

@@ -48,6 +48,14 @@ def route_public(route: Route) -> RoutePublic:
     )
 
 
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, routes: RoutesDep, principal: ClientDep) -> dict[str, Any]:
+    """One route, in OpenAI's model shape (404 ``model_not_found`` for any other id)."""
+    route = routes.get(model_id)
+    principal.require_route(route.name)
+    return {"id": route.name, "object": "model", "created": 0, "owned_by": "canary-router"}
+
+
 @router.get("/v1/routes")
 async def list_routes(routes: RoutesDep, principal: ClientDep) -> list[RoutePublic]:
     """Routes with their arms, versions and the live traffic split."""
