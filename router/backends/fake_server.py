@@ -22,25 +22,10 @@ from starlette.routing import Route
 from router.backends.base import ChatParams, Delta
 from router.backends.fake import FakeBackend, FakeSpec
 from router.errors import CanaryError
+from router.schemas import ROUTER_FIELDS
 
-#: Request fields that are not ``options``: the ones ``ChatParams`` has its own place for,
-#: and the stream's and the caller's identity.
-_NOT_OPTIONS = frozenset(
-    {
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "user",
-        "safety_identifier",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "seed",
-    }
-)
+#: Request fields that are not ``options`` (the router's own list: what it acts on).
+_NOT_OPTIONS = ROUTER_FIELDS
 
 
 class _Disconnect(Exception):
