@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import orjson
+from httpx_sse import EventSource, SSEError
 
 __all__ = [
     "BattleStarted",
@@ -282,7 +283,8 @@ class RouterClient:
     async def _events(
         self, path: str, body: dict[str, Any]
     ) -> AsyncIterator[tuple[httpx.Response, Any]]:
-        """POST ``body`` and yield ``(response, event)`` per SSE ``data:`` line until [DONE]."""
+        """POST ``body`` and yield ``(response, event)``, the JSON of each server-sent
+        event's data, until ``[DONE]``."""
         try:
             async with self._client().stream(
                 "POST", self._url(path), json=body, headers=self._headers()
@@ -290,13 +292,13 @@ class RouterClient:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _router_error(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                async for event in EventSource(response).aiter_sse():
+                    if event.data == "[DONE]":
                         return
-                    yield response, orjson.loads(data)
+                    if event.data:
+                        yield response, orjson.loads(event.data)
+        except SSEError as exc:  # an httpx.HTTPError, but the router did answer
+            raise RouterError("The router did not answer with an event stream.") from exc
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 

@@ -21,6 +21,7 @@ from ui.client import (
     RouterError,
     RouterUnreachable,
     StreamDone,
+    StreamFailed,
     TextDelta,
     ToolCallDelta,
 )
@@ -104,6 +105,68 @@ async def test_tool_call_pieces_merge_by_index() -> None:
         {"id": "c0", "type": "function", "function": {"name": "f", "arguments": "{}"}},
         {"id": "c1", "type": "function", "function": {"name": "g", "arguments": "[1, 2]"}},
     )
+
+
+def _answering(body: bytes, content_type: str = "text/event-stream") -> RouterClient:
+    """A client of a router that answers every call with ``body``."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": content_type, "x-request-id": "chatcmpl-x"}
+        return httpx.Response(200, content=body, headers=headers)
+
+    return RouterClient("http://router", transport=httpx.MockTransport(answer))
+
+
+async def test_stream_parsing_skips_comments_and_stops_at_done() -> None:
+    """Keep-alive comments, CRLF line ends and anything after ``[DONE]`` change nothing."""
+    body = (
+        b": keep-alive\r\n\r\n"
+        + b"data: " + orjson.dumps(_choice({"content": "hi"})) + b"\r\n\r\n"
+        + b"data: [DONE]\n\n"
+        + b"data: " + orjson.dumps(_choice({"content": "late"})) + b"\n\n"
+    )  # fmt: skip
+    client = _answering(body)
+    events = [e async for e in client.chat_stream("chat", HELLO)]
+    await client.aclose()
+    assert events[1:] == [TextDelta("hi")]
+
+
+async def test_error_event_mid_stream_fails_the_answer() -> None:
+    client = _answering(_sse(_choice({"content": "hi"}), {"error": {"message": "engine died"}}))
+    events = [e async for e in client.chat_stream("chat", HELLO)]
+    await client.aclose()
+    assert events[1:] == [TextDelta("hi"), StreamFailed("engine died")]
+
+
+async def test_arena_error_event_fails_the_battle() -> None:
+    body = _sse(
+        {"type": "battle", "battle_id": "b1"},
+        {"type": "delta", "side": "a", "content": "hi"},
+        {"type": "error", "side": "b", "message": "side b died"},
+        {"error": {"message": "the arena broke"}},
+    )
+    client = _answering(body)
+    seen: list[Any] = []
+    with pytest.raises(RouterError) as caught:
+        async for event in client.battle_stream("chat", HELLO):
+            seen.append(event)
+    await client.aclose()
+    assert seen == [
+        BattleStarted(battle_id="b1", route="chat"),
+        TextDelta("hi", side="a"),
+        StreamFailed("side b died", side="b"),
+    ]
+    assert caught.value.message == "the arena broke"
+    assert not isinstance(caught.value, RouterUnreachable)
+
+
+async def test_an_answer_that_is_not_an_event_stream_is_an_error() -> None:
+    client = _answering(b'{"id": "chatcmpl-x"}', content_type="application/json")
+    with pytest.raises(RouterError) as caught:
+        [e async for e in client.chat_stream("chat", HELLO)]
+    await client.aclose()
+    assert not isinstance(caught.value, RouterUnreachable)
+    assert "event stream" in caught.value.message
 
 
 async def test_battle_stream_has_both_sides_and_no_identities(client: RouterClient) -> None:
