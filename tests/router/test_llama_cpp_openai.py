@@ -16,11 +16,8 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from router.app import create_app
 from router.backends import LlamaCppSpec
-from router.backends.llama_cpp import (
-    _parse_tool_calls,
-    _template_messages,
-    _ToolCallScanner,
-)
+from router.backends.llama_cpp.messages import template_messages
+from router.backends.llama_cpp.tools import ToolCallScanner, parse_tool_calls
 from router.config import RouteConfig, Settings
 from router.errors import InvalidRequest
 from tests.servers import ServerThread
@@ -343,7 +340,7 @@ def test_unknown_option_and_image_are_400s(client: openai.OpenAI) -> None:
 
 # -- without a model: tool calls in the model's text -----------------------------------
 def test_scanner_holds_back_what_may_open_a_tool_call() -> None:
-    scanner = _ToolCallScanner()
+    scanner = ToolCallScanner()
     shown = [
         scanner.feed(p) for p in ["Sure", " <tool", "_ca", "ll>\n{", '"name": "get_weather", ']
     ]
@@ -355,15 +352,15 @@ def test_scanner_holds_back_what_may_open_a_tool_call() -> None:
 
 
 def test_scanner_gives_back_text_that_is_not_a_call() -> None:
-    scanner = _ToolCallScanner()
+    scanner = ToolCallScanner()
     assert scanner.feed("a <b") == "a <b"
     assert scanner.feed(" <") == " "
     assert scanner.feed("tool_call>{not json") == ""
     assert scanner.finish([WEATHER["function"]]) == ([], "<tool_call>{not json")
     assert scanner.feed("") == ""
     # An unknown function is text too; an unclosed last call (a stop string) is a call.
-    assert _parse_tool_calls('<tool_call>{"name": "other", "arguments": {}}', {"f"}) is None
-    assert _parse_tool_calls('<tool_call>{"name": "f", "arguments": {"x": 1}}', {"f"}) == (
+    assert parse_tool_calls('<tool_call>{"name": "other", "arguments": {}}', {"f"}) is None
+    assert parse_tool_calls('<tool_call>{"name": "f", "arguments": {"x": 1}}', {"f"}) == (
         [("f", '{"x": 1}')],
         "",
     )
@@ -375,7 +372,7 @@ def test_tool_turns_become_text_any_template_renders() -> None:
         "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
     }
-    messages = _template_messages(
+    messages = template_messages(
         [
             {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
             {"role": "user", "content": "Weather in Oslo and Rome?"},
@@ -397,7 +394,7 @@ def test_tool_turns_become_text_any_template_renders() -> None:
         "<tool_response>\n5 C\n</tool_response>\n<tool_response>\n20 C\n</tool_response>"
     )
     with pytest.raises(InvalidRequest) as caught:
-        _template_messages(
+        template_messages(
             [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
             model="m",
             tools=[],
