@@ -97,6 +97,19 @@ class Delta:
     logprobs: dict[str, Any] | None = None
 
 
+#: OpenAI's range for ``n``.
+MAX_CHOICES = 128
+
+
+def choices_wanted(n: Any) -> int:
+    """How many choices ``n`` asks for (None: one); 400 outside OpenAI's 1..128."""
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(f"n must be an integer from 1 to {MAX_CHOICES}.", param="n")
+    return n
+
+
 def refuse(model: str, names: Iterable[str], why: str = "") -> None:
     """400 naming the first option ``model`` cannot honour (never dropped silently)."""
     for name in names:

@@ -27,13 +27,11 @@ from router.backends.base import (
     Delta,
     SpecBase,
     Usage,
+    choices_wanted,
     refuse,
     text_content,
 )
 from router.errors import BackendError, ContextLengthExceeded, InvalidRequest
-
-#: The most choices one request may ask for (``n``), as OpenAI allows.
-MAX_CHOICES = 128
 
 
 class FakeSpec(SpecBase):
@@ -167,7 +165,7 @@ class FakeBackend(Backend):
                 f"prompt has {prompt_tokens} tokens; the model's context is "
                 f"{self.spec.context_length}"
             )
-        n = _choices_wanted(options.get("n"))
+        n = choices_wanted(options.get("n"))
         last = params.messages[-1] if params.messages else {}
         if last.get("role") == "tool":
             # After a tool's result: answer with it, so an agent loop ends.
@@ -278,14 +276,6 @@ def _plain_text(content: Any) -> str:
             str(p.get("text") or "") for p in content if isinstance(p, dict) and "text" in p
         )
     return ""
-
-
-def _choices_wanted(n: Any) -> int:
-    if n is None:
-        return 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise InvalidRequest(f"n must be an integer from 1 to {MAX_CHOICES}.", param="n")
-    return n
 
 
 def _tool_to_call(options: dict[str, Any]) -> dict[str, Any] | None:

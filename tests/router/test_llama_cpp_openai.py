@@ -400,3 +400,37 @@ def test_tool_turns_become_text_any_template_renders() -> None:
             tools=[],
         )
     assert caught.value.param == "messages.0.content.0"
+
+
+@model
+def test_required_tool_choice_with_one_call_at_most(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model="smol",
+        messages=ASK_WEATHER,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=48,
+    )
+    choice = response.choices[0]
+    calls = choice.message.tool_calls or []
+    assert choice.finish_reason == "tool_calls" and len(calls) == 1
+    call = calls[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)
+
+
+@model
+def test_llama_cpp_sampler_fields_from_extra_body_are_used(client: openai.OpenAI) -> None:
+    ask: Any = [{"role": "user", "content": "Say the word cat five times: cat cat"}]
+
+    def answer(**extra: Any) -> str:
+        response = client.chat.completions.create(
+            model="smol", messages=ask, max_tokens=12, extra_body=extra
+        )
+        return response.choices[0].message.content or ""
+
+    plain = answer()
+    assert answer(top_k=1, min_p=0.05) == plain  # greedy already: the same answer
+    assert answer(repeat_penalty=2.0) != plain  # used: repeating "cat" now costs

@@ -33,11 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from router.backends.base import ChatParams, Message, refuse, text_content
+from router.backends.base import ChatParams, Message, choices_wanted, refuse, text_content
 from router.backends.llama_cpp.messages import template_messages
 from router.backends.llama_cpp.sampling import (
     MAX_TOP_LOGPROBS,
-    choices_wanted,
     logit_bias,
     number,
 )

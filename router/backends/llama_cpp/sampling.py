@@ -8,16 +8,7 @@ from typing import Any
 from router.errors import InvalidRequest
 
 #: The most choices one request may ask for (``n``), as OpenAI allows.
-MAX_CHOICES = 128
 MAX_TOP_LOGPROBS = 20
-
-
-def choices_wanted(n: Any) -> int:
-    if n is None:
-        return 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise InvalidRequest(f"n must be an integer from 1 to {MAX_CHOICES}.", param="n")
-    return n
 
 
 def number(
