@@ -23,6 +23,7 @@ from router.evaluation.aggregate import aggregate
 from router.inference_log.crud import BATTLES, VOTES
 from tests.conftest import fake_routes
 from tests.servers import ServerThread
+from tests.tools import WEATHER_TOOL
 
 Running = tuple[ServerThread, FastAPI]
 TOKEN = "arena-admin-token"
@@ -591,18 +592,6 @@ def test_follow_up_needs_the_stored_conversation(
 
 
 # -- tool calls -----------------------------------------------------------------------------
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture

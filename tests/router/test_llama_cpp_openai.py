@@ -21,6 +21,7 @@ from router.backends.llama_cpp.tools import ToolCallScanner, parse_tool_calls
 from router.config import RouteConfig, Settings
 from router.errors import InvalidRequest
 from tests.servers import ServerThread
+from tests.tools import WEATHER_TOOL as WEATHER
 
 model = pytest.mark.model
 
@@ -28,18 +29,6 @@ PERSON: Any = {
     "type": "object",
     "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
     "required": ["name", "age"],
-}
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
 }
 FORCE_WEATHER: Any = {"type": "function", "function": {"name": "get_weather"}}
 ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris?"}]

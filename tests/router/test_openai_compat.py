@@ -19,21 +19,10 @@ from router.backends import FakeSpec, OpenAISpec
 from router.backends.fake_server import create_fake_openai_app
 from router.config import RouteConfig, Settings
 from tests.servers import ServerThread, serve
+from tests.tools import WEATHER_TOOL as WEATHER
 
 Run = Callable[..., AbstractContextManager[tuple[ServerThread, Any]]]
 HI = [{"role": "user", "content": "hello"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 class Engine:

@@ -45,20 +45,6 @@ def text_of(*outputs: Any) -> str:
     return " ".join(repr(o) for o in outputs)
 
 
-#: A tool to give the fakes with ``fakes_answer_with``.
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-
-
 @pytest.fixture
 def fakes_answer_with(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """``fakes_answer_with(tools=[...])`` or ``(response_format={...})``: from then on the

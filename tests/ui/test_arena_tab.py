@@ -7,7 +7,8 @@ from collections.abc import Callable
 from sqlalchemy import text
 
 from tests.servers import free_port
-from tests.ui.conftest import WEATHER_TOOL, Running, text_of
+from tests.tools import WEATHER_TOOL
+from tests.ui.conftest import Running, text_of
 from ui.client import RouterClient
 from ui.tabs import arena
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from tests.ui.conftest import WEATHER_TOOL, text_of
+from tests.tools import WEATHER_TOOL
+from tests.ui.conftest import text_of
 from ui.client import RouterClient
 from ui.tabs import chat
 

@@ -12,7 +12,8 @@ import pytest
 
 from router.config import Settings
 from tests.servers import free_port
-from tests.ui.conftest import TOKEN, WEATHER_TOOL, Running
+from tests.tools import WEATHER_TOOL
+from tests.ui.conftest import TOKEN, Running
 from ui.client import (
     API_KEY_HINT,
     BattleStarted,
