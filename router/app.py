@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from registry.bundled import resolve_gguf
@@ -139,7 +140,11 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         )
         log.info(
             "router ready",
-            extra={"routes": [r.name for r in routes], "auth": settings.auth_mode},
+            extra={
+                "routes": [r.name for r in routes],
+                "auth": settings.auth_mode,
+                "ui": f"http://{settings.host}:{settings.port}/ui" if settings.ui_enabled else None,
+            },
         )
         try:
             yield
@@ -175,6 +180,12 @@ def create_app(settings: Settings, *, arm_source: ArmSource | None = None) -> Fa
         app.include_router(module.router)
     if settings.ui_enabled:
         _mount_ui(app, settings)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        """A person who opens the router's address lands on the UI (or the API docs)."""
+        return RedirectResponse("/ui/" if settings.ui_enabled else "/docs")
+
     app.add_middleware(
         BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )

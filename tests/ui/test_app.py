@@ -56,8 +56,11 @@ def test_main_job_serves_the_ui_on_its_own_port(
         config = httpx.get(f"{server.url}/ui/config", timeout=30).json()
         assert config["title"] == "canary-router"
         assert httpx.get(f"{server.url}/v1/routes").status_code == 200  # API untouched
+        home = httpx.get(f"{server.url}/", follow_redirects=True, timeout=30)
+        assert home.status_code == 200 and home.url.path == "/ui/"  # the address leads to it
     with run_router(make_settings(ui_enabled=False)) as (server, _):
         assert httpx.get(f"{server.url}/ui/").status_code == 404
+        assert httpx.get(f"{server.url}/").headers["location"] == "/docs"
 
 
 def test_the_ui_calls_the_address_it_was_served_on() -> None:

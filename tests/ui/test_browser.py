@@ -56,7 +56,7 @@ def page(served: Running) -> Iterator[Page]:
         # Generous: CI machines are small and busy; a passing run takes seconds.
         page.set_default_timeout(20_000)
         expect.set_options(timeout=20_000)
-        page.goto(f"{served[0].url}/ui/")
+        page.goto(f"{served[0].url}/")  # the router's own address leads to the UI
         # The page is ready once its load event has filled the route picker.
         expect(page.locator("#cr-route input")).to_have_value("chat")
         yield page
