@@ -136,8 +136,7 @@ class ChatCompletionRequest(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """Every field the client sent that the router does not act on, as sent."""
-        sent = self.model_dump(exclude_unset=True, exclude=set(ROUTER_FIELDS))
-        return {k: v for k, v in sent.items() if k not in ROUTER_FIELDS}
+        return self.model_dump(exclude_unset=True, exclude=set(ROUTER_FIELDS))
 
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as the client sent them (fields it left out stay out)."""

@@ -24,9 +24,6 @@ from router.backends.fake import FakeBackend, FakeSpec
 from router.errors import CanaryError
 from router.schemas import ROUTER_FIELDS
 
-#: Request fields that are not ``options`` (the router's own list: what it acts on).
-_NOT_OPTIONS = ROUTER_FIELDS
-
 
 class _Disconnect(Exception):
     """Raised inside the response body: the server drops the connection mid-body."""
@@ -52,7 +49,7 @@ def create_fake_openai_app(
             top_p=body.get("top_p"),
             stop=[stop] if isinstance(stop, str) else stop,
             seed=body.get("seed"),
-            options={k: v for k, v in body.items() if k not in _NOT_OPTIONS},
+            options={k: v for k, v in body.items() if k not in ROUTER_FIELDS},
         )
         model = body.get("model", "fake")
         try:

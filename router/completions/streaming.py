@@ -72,10 +72,7 @@ class StreamRelay:
                 answer.add(delta)
                 if delta.text or delta.fields or delta.logprobs or delta.finish_reason:
                     yield delta
-            answer.fill(record)
-            completion = Completion(
-                record.response_text or "", answer.finish, answer.usage or Usage()
-            )
+            completion = Completion(answer.text(), answer.finish, answer.usage or Usage())
             self._ledger.succeed(record, None, completion)
             record.tool_calls = answer.tool_calls()
         except (CanaryError, TimeoutError) as exc:
@@ -125,11 +122,15 @@ class _Answer:
         if delta.finish_reason:
             self.finish = delta.finish_reason
 
+    def text(self) -> str:
+        return "".join(self.parts)
+
     def tool_calls(self) -> list[dict[str, Any]] | None:
         return [self.calls[i] for i in sorted(self.calls)] or None
 
     def fill(self, record: RequestRecord) -> None:
-        record.response_text = "".join(self.parts)
+        """The row of an answer cut short: what it said so far."""
+        record.response_text = self.text()
         record.tool_calls = self.tool_calls()
 
 

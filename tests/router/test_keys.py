@@ -36,7 +36,7 @@ def _routes() -> dict[str, RouteConfig]:
 
 @pytest.fixture
 def keys_router(make_settings: Callable[..., Settings], run_router: Run) -> Iterator[ServerThread]:
-    settings = make_settings(auth="keys", admin_token=TOKEN, routes=_routes())
+    settings = make_settings(auth="keys", admin_token=TOKEN, routes=_routes(), keys_refresh_s=0.2)
     with run_router(settings) as (server, _):
         yield server
 
@@ -79,8 +79,14 @@ def test_keys_mode_end_to_end_with_the_openai_sdk(keys_router: ServerThread) -> 
     assert logged["assignment_reason"] == "hash"
     assert [m.id for m in sdk(url, key).models.list()] == ["chat", "other"]
 
-    last_used = httpx.get(f"{url}/v1/keys", headers=ADMIN).json()[0]["last_used_at"]
-    assert last_used is None or last_used >= made["created_at"]
+    # Last use is written in batches, every keys_refresh_s.
+    deadline = time.monotonic() + 5
+    while (
+        last_used := httpx.get(f"{url}/v1/keys", headers=ADMIN).json()[0]["last_used_at"]
+    ) is None:
+        assert time.monotonic() < deadline, "the key's last use was never written"
+        time.sleep(0.1)
+    assert last_used >= made["created_at"]
 
 
 def test_missing_wrong_and_revoked_keys(keys_router: ServerThread) -> None:
