@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Engine
 
 from router.auth.audit import FAILED, OK, REFUSED, Auditor
@@ -104,6 +105,9 @@ async def require_admin(
         yield principal
     except CanaryError as exc:
         await audit(FAILED, exc.status_code, exc.message)
+        raise
+    except RequestValidationError as exc:  # a bad parameter, found after this began
+        await audit(FAILED, 400, str(exc.errors())[:500])
         raise
     except Exception as exc:
         await audit(FAILED, 500, f"{type(exc).__name__}: {exc}")

@@ -239,11 +239,14 @@ def test_admin_actions_and_refusals_are_audited(
         assert ok.status_code == 200
         made = make_key(url, "reporting")
         assert httpx.get(f"{url}/v1/audit").status_code == 401
+        huge = httpx.get(f"{url}/v1/audit", params={"before": -(10**25)}, headers=ADMIN)
+        assert (huge.status_code, huge.json()["error"]["param"]) == (400, "query.before")
         entries = httpx.get(f"{url}/v1/audit", headers=ADMIN).json()
     summary = [
         (e["actor"], e["action"], e["target"], e["outcome"], e["http_status"]) for e in entries
     ]
     assert summary == [
+        ("admin", "audit.list", None, "failed", 400),  # the huge 'before'
         ("anonymous", "audit.list", None, "refused", 401),
         ("admin", "keys.create", f"{made['id']} (reporting)", "ok", 201),
         ("admin", "route.weights", "chat", "ok", 200),
@@ -251,7 +254,7 @@ def test_admin_actions_and_refusals_are_audited(
         ("anonymous", "route.weights", "chat", "refused", 403),
     ]
     assert all(e["client"] == "127.0.0.1" for e in entries)
-    assert "wrong" in entries[4]["detail"]
+    assert "wrong" in entries[5]["detail"]
 
 
 def test_serve_refuses_open_auth_on_a_public_host(

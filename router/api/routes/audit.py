@@ -18,7 +18,10 @@ router = APIRouter(tags=["audit"], route_class=JSONRoute, dependencies=[AdminDep
 async def list_audit(
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(description="Page on: entries older than this id.")] = None,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=2**63 - 1, description="Page on: entries older than this id."),
+    ] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[dict[str, Any]]:
     """Newest first: who (actor, client address) did what (action, target) and how it ended."""
